@@ -1,0 +1,204 @@
+"""Turn a pydantic settings model into a typer command whose flags are its fields.
+
+Every command takes `--config FILE.yaml`; its keys are the same names as the flags (dashes or
+underscores). Flags given on the command line win over the file. Validation happens once, here,
+before any work starts; a bad value exits with code 2 and one line naming the key and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence, TypeVar
+
+import annotated_types
+import typer
+import yaml
+from pydantic import BaseModel, ValidationError
+
+S = TypeVar("S", bound=BaseModel)
+
+EXIT_BAD_SETTINGS = 2
+
+
+class SettingsError(Exception):
+    """A settings value that cannot be accepted; `str()` is the one line shown to the user."""
+
+
+def _allowed_range(field: Any) -> str | None:
+    """'(0, 1]'-style interval from a field's Gt/Ge/Lt/Le metadata, or None."""
+    lo = hi = None
+    lo_open = hi_open = False
+    for meta in field.metadata:
+        if isinstance(meta, annotated_types.Gt):
+            lo, lo_open = meta.gt, True
+        elif isinstance(meta, annotated_types.Ge):
+            lo, lo_open = meta.ge, False
+        elif isinstance(meta, annotated_types.Lt):
+            hi, hi_open = meta.lt, True
+        elif isinstance(meta, annotated_types.Le):
+            hi, hi_open = meta.le, False
+    if lo is None and hi is None:
+        return None
+    left = ("(" if lo_open else "[") + ("-inf" if lo is None else str(lo))
+    right = ("inf" if hi is None else str(hi)) + (")" if hi_open else "]")
+    if hi is None:
+        right = "inf)"
+    if lo is None:
+        left = "(-inf"
+    return f"{left}, {right}"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:
+    """One line per the first error: the key as the user wrote it, the value, what is allowed."""
+    first = err.errors()[0]
+    loc = first.get("loc") or ("?",)
+    key = str(loc[0])
+    kind = first.get("type", "")
+    value = first.get("input")
+    field = cls.model_fields.get(key)
+    if kind == "extra_forbidden":
+        known = ", ".join(sorted(cls.model_fields))
+        return f"unknown setting '{key}'; known settings: {known}"
+    if kind == "missing":
+        return f"{key}: required ({_flag(key)})"
+    allowed = _allowed_range(field) if field is not None else None
+    msg = first.get("msg", "invalid")
+    where = ".".join(str(p) for p in loc)
+    if allowed is not None:
+        return f"{where}: {value!r} is not allowed; allowed range {allowed} ({msg})"
+    return f"{where}: {value!r} is not allowed: {msg}"
+
+
+def load_settings(cls: type[S], config: Path | None, overrides: dict[str, Any]) -> S:
+    """YAML file (if any) overlaid with `overrides` (None values ignored), validated as `cls`."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise SettingsError(f"config: file not found: {config}")
+        try:
+            loaded = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config: {config} is not valid YAML: {exc}".replace("\n", " "))
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config: {config} must hold a mapping of settings, not {type(loaded).__name__}")
+        values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(cls, exc)) from None
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The type typer parses a flag as; pydantic does the real validation afterwards."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _cli_type(args[0])
+    if origin is typing.Annotated:
+        return _cli_type(args[0])
+    if origin is Literal:
+        return type(args[0])
+    if origin in (list, tuple, Sequence) or annotation in (list, tuple):
+        inner = args[0] if args else str
+        return list[_cli_type(inner)]
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        return Path
+    if annotation in (int, float, bool, str):
+        return annotation
+    return str
+
+
+def settings_command(
+    app: typer.Typer,
+    name: str,
+    cls: type[S],
+    *,
+    positional: Sequence[str] = (),
+    help: str | None = None,
+) -> Callable[[Callable[[S], Any]], Callable[[S], Any]]:
+    """Register `fn(settings)` as command `name`; one flag per field of `cls`.
+
+    Fields named in `positional` become arguments. A field's `json_schema_extra={"flag": ...}`
+    overrides its flag declaration (e.g. "--filter-web/--keep-all-web" for a bool).
+    """
+
+    def decorator(fn: Callable[[S], Any]) -> Callable[[S], Any]:
+        params = []
+        for field_name, field in cls.model_fields.items():
+            cli_type = _cli_type(field.annotation)
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            default_text = None if field.is_required() else repr(field.get_default(call_default_factory=True))
+            if field_name in positional:
+                info = typer.Argument(None, help=field.description, show_default=False)
+            else:
+                decl = extra.get("flag") or (
+                    f"{_flag(field_name)}/--no-{field_name.replace('_', '-')}" if cli_type is bool else _flag(field_name)
+                )
+                info = typer.Option(
+                    None, decl, help=field.description,
+                    show_default=default_text if default_text is not None else False,
+                )
+            params.append(
+                inspect.Parameter(field_name, inspect.Parameter.KEYWORD_ONLY,
+                                  default=info, annotation=typing.Optional[cli_type])
+            )
+        params.append(
+            inspect.Parameter(
+                "config", inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(None, "--config", help="YAML file whose keys are this command's flags."),
+                annotation=typing.Optional[Path],
+            )
+        )
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            config = kwargs.pop("config")
+            overrides = {k: (None if v == [] else v) for k, v in kwargs.items()}
+            try:
+                settings = load_settings(cls, config, overrides)
+            except SettingsError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(EXIT_BAD_SETTINGS)
+            return fn(settings)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # typer must read our signature, not fn's
+        app.command(name, help=help or fn.__doc__)(command)
+        return fn
+
+    return decorator
+
+
+def run_app(app: typer.Typer, argv: Sequence[str] | None = None) -> int:
+    """Run a typer app as a program would, returning its exit code (for tests and `main`)."""
+    try:
+        result = app(args=list(argv) if argv is not None else sys.argv[1:], standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:  # click exits this way on --help
+        return int(exc.code or 0)
+    except Exception as exc:  # click's usage errors: bad type on the command line
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError) and exc.ctx is not None and exc.ctx.command.params:
+            # a bad value for a flag: one line, like the settings errors
+            typer.echo(f"error: {exc.format_message()}".replace("\n", " "), err=True)
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    # click hands back the code of an Exit raised inside a command when not standalone
+    return result if isinstance(result, int) else 0
