@@ -14,7 +14,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import annotated_types
 import typer
@@ -100,22 +100,19 @@ def load_settings(cls: type[S], config: Path | None, overrides: dict[str, Any]) 
 
 
 def _cli_type(annotation: Any) -> Any:
-    """The type typer parses a flag as; pydantic does the real validation afterwards."""
+    """The type typer reads a flag as: text (or a list of text), except booleans, which are
+    switches. Pydantic converts and checks every value afterwards, so a bad value on the
+    command line gets the same one-line message as the same bad value in YAML."""
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _cli_type(args[0])
     if origin is typing.Annotated:
         return _cli_type(args[0])
-    if origin is Literal:
-        return type(args[0])
-    if origin in (list, tuple, Sequence) or annotation in (list, tuple):
-        inner = args[0] if args else str
-        return list[_cli_type(inner)]
-    if isinstance(annotation, type) and issubclass(annotation, Path):
-        return Path
-    if annotation in (int, float, bool, str):
-        return annotation
+    if annotation is bool:
+        return bool
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return list[str]
     return str
 
 

@@ -58,7 +58,7 @@ def test_yaml_keys_are_flags_and_flags_win(app_and_seen, tmp_path):
         (["--top-p", "0"], None, "(0, 1]"),
         (["--num-captions", "-1"], None, "[0, inf)"),
         (["--decoding", "greedy"], None, "decoding"),
-        (["--num-captions", "three"], None, "--num-captions"),
+        (["--num-captions", "three"], None, "num_captions: 'three'"),
         (["--labels", "/nonexistent/labels.json"], None, "labels"),
         ([], "top_p: 2\n", "(0, 1]"),
         ([], "num_captions: many\n", "num_captions"),
