@@ -1,0 +1,132 @@
+"""BLIP's MED: a ViT and one BERT text transformer used in three modes.
+
+  unimodal text encoder      [CLS] first, no cross-attention               -> ITC
+  image-grounded encoder     [ENC] first, cross-attention over ViT tokens  -> ITM
+  image-grounded decoder     [DEC] first, causal self-attention            -> LM
+
+The decoder shares every module with the encoder except self-attention (and the LM head,
+which is the decoder's own), by sharing the module objects, as BLIP's pre-training does.
+The model computes features and logits; losses live in model/losses.py.
+Callers pass token ids whose first token is [CLS] (as the tokenizer writes them); each mode
+puts its own first token in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.blip.modeling_blip import BlipVisionModel
+from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
+
+from model.config import MEDConfig
+
+
+def tie_decoder_to_encoder(encoder: BlipTextModel, decoder: BlipTextModel) -> None:
+    """Make `decoder` use the encoder's modules for everything but self-attention."""
+    decoder.embeddings = encoder.embeddings
+    for enc_layer, dec_layer in zip(encoder.encoder.layer, decoder.encoder.layer):
+        dec_layer.crossattention = enc_layer.crossattention
+        dec_layer.intermediate = enc_layer.intermediate
+        dec_layer.output = enc_layer.output
+
+
+class MED(nn.Module):
+    def __init__(self, config: MEDConfig, tie: bool = True):
+        super().__init__()
+        self.config = config
+        text_config = config.text_config()
+        self.vision = BlipVisionModel(config.vision_config())
+        self.text_encoder = BlipTextModel(text_config, add_pooling_layer=False)
+        self.text_decoder = BlipTextLMHeadModel(text_config)
+        self.vision_proj = nn.Linear(config.vision_width, config.embed_dim)
+        self.text_proj = nn.Linear(config.text_width, config.embed_dim)
+        self.itm_head = nn.Linear(config.text_width, 2)
+        # ITC temperature, learned; clamped by the loss (BLIP: [0.001, 0.5]).
+        self.temp = nn.Parameter(torch.tensor(0.07))
+        for head in (self.vision_proj, self.text_proj, self.itm_head):
+            nn.init.normal_(head.weight, std=config.init_range)
+            nn.init.zeros_(head.bias)
+        self.tied = tie
+        if tie:
+            tie_decoder_to_encoder(self.text_encoder, self.text_decoder.bert)
+            # The LM head's output matrix is the (now shared) word embedding, as in BERT.
+            self.text_decoder.cls.predictions.decoder.weight = self.text_encoder.embeddings.word_embeddings.weight
+
+    # ---- image -------------------------------------------------------------------------
+    def encode_image(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 1 + N, Dv); token 0 is the ViT's [CLS]."""
+        return self.vision(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding).last_hidden_state
+
+    def image_feature(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + N, Dv) -> (B, E), unit length: the image side of ITC."""
+        return F.normalize(self.vision_proj(image_embeds[:, 0, :]), dim=-1)
+
+    # ---- text, three modes -----------------------------------------------------------------
+    @staticmethod
+    def _with_first(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+        ids = input_ids.clone()
+        ids[:, 0] = token_id
+        return ids
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unimodal text encoder: (B, T) -> (B, T, Dt), [CLS] first, no cross-attention."""
+        ids = self._with_first(input_ids, self.config.tokens.cls)
+        return self.text_encoder(input_ids=ids, attention_mask=attention_mask, is_decoder=False).last_hidden_state
+
+    def text_feature(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, T, Dt) -> (B, E), unit length: the text side of ITC."""
+        return F.normalize(self.text_proj(text_embeds[:, 0, :]), dim=-1)
+
+    def encode_multimodal(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """Image-grounded text encoder: [ENC] first, cross-attention to every image token."""
+        ids = self._with_first(input_ids, self.config.tokens.enc)
+        image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        return self.text_encoder(
+            input_ids=ids, attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts, is_decoder=False,
+        ).last_hidden_state
+
+    def itm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, 2) matched/unmatched logits from the [ENC] output; index 1 = matched."""
+        return self.itm_head(self.encode_multimodal(input_ids, attention_mask, image_embeds)[:, 0, :])
+
+    def lm_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeds: torch.Tensor,
+        past_key_values=None,
+        use_cache: bool = False,
+        replace_first: bool = True,
+    ):
+        """Image-grounded decoder: (B, T) -> logits (B, T, V) (and the cache when asked).
+
+        With a cache, `input_ids` are only the new tokens; `replace_first` must then be False.
+        """
+        ids = self._with_first(input_ids, self.config.tokens.dec) if replace_first else input_ids
+        image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        out = self.text_decoder(
+            input_ids=ids, attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts,
+            past_key_values=past_key_values, use_cache=use_cache, is_decoder=True, return_logits=False,
+        )
+        return (out.logits, out.past_key_values) if use_cache else out.logits
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def captioner_modules(self) -> list[nn.Module]:
+        return [self.vision, self.text_decoder]
+
+    def filter_modules(self) -> list[nn.Module]:
+        return [self.vision, self.text_encoder, self.vision_proj, self.text_proj, self.itm_head]
+
+
+def count_parameters(modules: list[nn.Module]) -> int:
+    """Parameters of `modules`, each shared tensor counted once."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for p in module.parameters():
+            seen[id(p)] = p.numel()
+    return sum(seen.values())
