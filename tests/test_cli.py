@@ -1,0 +1,25 @@
+"""The installed `capfilt` program: its help lists every command group."""
+
+import subprocess
+import sys
+
+import pytest
+
+from capfilt.cli import COMMAND_MODULES
+
+
+def test_help_lists_every_subcommand():
+    out = subprocess.run(
+        [sys.executable, "-m", "capfilt", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    for name in COMMAND_MODULES:
+        assert name in out.stdout, f"'{name}' missing from capfilt --help"
+
+
+@pytest.mark.parametrize("name", COMMAND_MODULES)
+def test_each_command_module_registers(name):
+    import importlib
+
+    module = importlib.import_module(f"capfilt.commands.{name}")
+    assert callable(module.register)
