@@ -1,0 +1,50 @@
+"""Caption stage: the captioner writes K synthetic captions for every downloaded image.
+
+An actor pool (GPU where one is given). Rows that are not `ok` pass through untouched with no
+captions, so every row still reaches the writer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from model.generation import GenerationSettings, generate_captions
+from pipelines.bootstrap.model_stage import CheckpointStage, busy_seconds, row_seed
+from pipelines.bootstrap.schema import batch_len, object_column
+from pipelines.bootstrap.settings import BootstrapSettings
+
+
+def generation_settings(settings: BootstrapSettings) -> GenerationSettings:
+    return GenerationSettings(
+        num_captions=max(settings.num_captions, 1), decoding=settings.decoding, top_p=settings.top_p,
+        temperature=settings.temperature, min_length=settings.min_length, max_length=settings.max_length,
+        repetition_penalty=settings.repetition_penalty, num_beams=settings.num_beams, prompt=settings.prompt,
+    )
+
+
+class CaptionStage(CheckpointStage):
+    """Adds `synthetic_captions` (a list per row) and `_seconds_caption` (busy time per row)."""
+
+    def __init__(self, settings: BootstrapSettings):
+        super().__init__(settings.captioner, settings.num_gpus_per_actor)
+        self.settings = settings
+        self.generation = generation_settings(settings)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        n = batch_len(batch)
+        captions: list[list[str]] = [[] for _ in range(n)]
+        rows = self.ok_rows(batch)
+        if rows and self.settings.num_captions > 0:
+            seeds = [row_seed(self.settings.seed, str(batch["key"][i])) for i in rows]
+            generated = generate_captions(self.med, self.tokenizer, self.pixels(batch, rows), seeds, self.generation)
+            for i, row_captions in zip(rows, generated):
+                captions[i] = list(row_captions)
+        out = dict(batch)
+        out["synthetic_captions"] = object_column(captions)
+        out["_seconds_caption"] = busy_seconds(n, rows, time.perf_counter() - start)
+        return out

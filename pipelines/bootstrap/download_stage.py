@@ -1,0 +1,178 @@
+"""Download, validate and resize: a CPU stage built on img2dataset's pieces.
+
+img2dataset supplies the X-Robots-Tag opt-out check, its User-Agent convention and the Resizer
+(every resize mode, JPEG encoding). Its `download_image` reads a body without any bound and
+follows redirects anywhere, so the fetch itself is done here: it refuses hosts that resolve to
+loopback/private/link-local addresses (also on every redirect hop, else a public URL could
+redirect into the cluster's network), stops reading past `max_image_bytes`, and enforces the
+timeout over the whole answer, not only per socket read (a server that trickles bytes would
+otherwise hold a thread forever).
+
+Every failure is a value: the row leaves with a status and an error, never an exception.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import ipaddress
+import os
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+# img2dataset imports albumentations, which otherwise asks the network for a newer version.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+from img2dataset.downloader import is_disallowed  # noqa: E402
+from img2dataset.resizer import Resizer  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipelines.bootstrap.schema import (BLOCKED_URL, DECODE_ERROR, DOWNLOAD_ERROR, OK, PENDING, TOO_LARGE,
+                                        batch_len, object_column)
+from pipelines.bootstrap.settings import BootstrapSettings
+
+# img2dataset's browser User-Agent, with the same "(compatible; token; +url)" suffix convention.
+BASE_USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
+CHUNK = 1 << 16
+
+
+class FetchError(Exception):
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def user_agent(token: str | None) -> str:
+    if not token:
+        return BASE_USER_AGENT
+    return f"{BASE_USER_AGENT} (compatible; {token}; +https://github.com/rom1504/img2dataset)"
+
+
+def host_problem(url: str) -> str | None:
+    """Why `url`'s host may not be fetched (it resolves to a non-public address), or None."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return "url has no host"
+    try:
+        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),
+                                   proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise FetchError(DOWNLOAD_ERROR, f"cannot resolve {host}: {exc}") from None
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if (addr.is_loopback or addr.is_private or addr.is_link_local or addr.is_multicast
+                or addr.is_reserved or addr.is_unspecified):
+            return f"host {host} resolves to non-public address {addr}"
+    return None
+
+
+class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
+    """Checks the host of every redirect target, as for the first URL."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+        problem = host_problem(newurl)
+        if problem is not None:
+            raise FetchError(BLOCKED_URL, f"redirect refused: {problem}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class DownloadStage:
+    """Ray Data stage: rows with status 'pending' get status, error, image (JPEG), width, height."""
+
+    def __init__(self, settings: BootstrapSettings):
+        self.settings = settings
+        self.directives = settings.disallowed_directives
+        self.token = settings.user_agent_token.strip().lower() if settings.user_agent_token else None
+        self.user_agent = user_agent(settings.user_agent_token)
+        handlers = [] if settings.allow_private_hosts else [_GuardedRedirects()]
+        self.opener = urllib.request.build_opener(*handlers)
+        self.resizer = Resizer(image_size=settings.image_size, resize_mode=settings.resize_mode,
+                               resize_only_if_bigger=settings.resize_only_if_bigger, encode_format="jpg")
+
+    def fetch(self, url: str) -> bytes:
+        """The body of `url`, or FetchError with the row's status."""
+        if not self.settings.allow_private_hosts:
+            problem = host_problem(url)
+            if problem is not None:
+                raise FetchError(BLOCKED_URL, problem)
+        deadline = time.monotonic() + self.settings.timeout
+        request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
+        try:
+            with self.opener.open(request, timeout=self.settings.timeout) as response:
+                if self.directives and is_disallowed(response.headers, self.token, self.directives):
+                    raise FetchError(DOWNLOAD_ERROR, "Use of image disallowed by X-Robots-Tag directive")
+                length = response.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) > self.settings.max_image_bytes:
+                    raise FetchError(TOO_LARGE, f"Content-Length {length} > {self.settings.max_image_bytes}")
+                body = bytearray()
+                while chunk := response.read(CHUNK):
+                    body += chunk
+                    if len(body) > self.settings.max_image_bytes:
+                        raise FetchError(TOO_LARGE, f"body larger than {self.settings.max_image_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise FetchError(DOWNLOAD_ERROR, f"timed out after {self.settings.timeout}s")
+                return bytes(body)
+        except FetchError:
+            raise
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            raise FetchError(DOWNLOAD_ERROR, str(exc) or type(exc).__name__) from None
+
+    def fetch_with_retries(self, url: str) -> bytes:
+        for attempt in range(self.settings.retries + 1):
+            try:
+                return self.fetch(url)
+            except FetchError as exc:
+                # only a transient failure is worth another try
+                if exc.status != DOWNLOAD_ERROR or attempt == self.settings.retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    def decode_and_resize(self, data: bytes) -> tuple[bytes, int, int]:
+        # cv2 (inside the Resizer) decodes a truncated JPEG into a half-grey image without a word;
+        # PIL's full load refuses it, so it checks first.
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
+            raise FetchError(DECODE_ERROR, f"cannot decode image: {exc}") from None
+        image, width, height, _, _, err = self.resizer(io.BytesIO(data))
+        if err is not None or image is None:
+            raise FetchError(DECODE_ERROR, err or "resize failed")
+        return image, int(width), int(height)
+
+    def process_row(self, url: str | None, image: bytes | None) -> tuple[str, str | None, bytes | None, int | None, int | None]:
+        try:
+            data = image if image is not None else self.fetch_with_retries(url or "")
+            jpeg, width, height = self.decode_and_resize(data)
+            return OK, None, jpeg, width, height
+        except FetchError as exc:
+            return exc.status, str(exc)[:500], None, None, None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        n = batch_len(batch)
+        todo = [i for i in range(n) if batch["status"][i] == PENDING]
+        status = list(batch["status"])
+        error = list(batch["error"])
+        images: list[Any] = [None] * n
+        widths: list[Any] = [None] * n
+        heights: list[Any] = [None] * n
+        with ThreadPoolExecutor(max_workers=max(1, min(self.settings.download_threads, len(todo)))) as pool:
+            results = pool.map(lambda i: self.process_row(batch["url"][i], batch["image"][i]), todo)
+            for i, (st, err, img, w, h) in zip(todo, results):
+                status[i], error[i], images[i], widths[i], heights[i] = st, err, img, w, h
+        out = dict(batch)
+        out.update(status=object_column(status), error=object_column(error), image=object_column(images),
+                   width=object_column(widths), height=object_column(heights))
+        seconds = np.zeros(n)
+        if todo:  # wall time of the batch (fetches overlap), shared by the rows it fetched
+            seconds[todo] = (time.perf_counter() - start) / len(todo)
+        out["_seconds_download"] = seconds
+        return out

@@ -1,0 +1,42 @@
+"""The one function that wires the bootstrap graph and its resources, and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray.data
+
+from pipelines.bootstrap.caption_stage import CaptionStage
+from pipelines.bootstrap.download_stage import DownloadStage
+from pipelines.bootstrap.filter_stage import FilterStage
+from pipelines.bootstrap.input_reader import ShardReader, WorkShard
+from pipelines.bootstrap.settings import BootstrapSettings
+
+_TASK_STAGES: dict[tuple[type, str], Any] = {}
+
+
+def run_as_task(batch: dict[str, np.ndarray], stage_cls: type, settings: BootstrapSettings) -> Any:
+    """Runs a stage class inside a stateless Ray task; the instance is cached per worker process
+    (Ray reuses workers), so its __init__ runs once per worker, not once per batch."""
+    key = (stage_cls, settings.model_dump_json())
+    stage = _TASK_STAGES.get(key)
+    if stage is None:
+        stage = _TASK_STAGES[key] = stage_cls(settings)
+    return stage(batch)
+
+
+def build_graph(shards: list[WorkShard], settings: BootstrapSettings) -> ray.data.Dataset:
+    """read shards -> download (CPU tasks) -> caption (actors) -> filter (actors)."""
+    # One block per shard so that shards are read in parallel.
+    ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=max(len(shards), 1))
+    ds = ds.map_batches(run_as_task, fn_kwargs={"stage_cls": ShardReader, "settings": settings},
+                        batch_size=1, num_cpus=settings.download_cpus)
+    ds = ds.map_batches(run_as_task, fn_kwargs={"stage_cls": DownloadStage, "settings": settings},
+                        batch_size=settings.download_batch_size, num_cpus=settings.download_cpus)
+    model_resources = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.num_gpus_per_actor or None}
+    ds = ds.map_batches(CaptionStage, fn_constructor_args=(settings,), batch_size=settings.batch_size,
+                        concurrency=settings.captioner_actors, **model_resources)
+    ds = ds.map_batches(FilterStage, fn_constructor_args=(settings,), batch_size=settings.batch_size,
+                        concurrency=settings.filter_actors, **model_resources)
+    return ds

@@ -1,0 +1,60 @@
+"""What the caption and filter stages share: loading a checkpoint, decoding images, timing.
+
+Both are Ray Data actor stages; heavy state (the checkpoint) is built once in `__init__`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+import numpy as np
+import torch
+from PIL import Image
+
+from model.checkpoint import load_checkpoint
+from model.preprocess import images_to_tensor
+from pipelines.bootstrap.schema import OK
+
+
+def stage_device(num_gpus_per_actor: float) -> str:
+    """CUDA when the actor was given a GPU and one is visible, else CPU."""
+    return "cuda" if num_gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+
+
+def row_seed(seed: int, key: str) -> int:
+    """A stable per-row seed: the same (seed, key) gives the same captions on any worker, in any
+    batch, after any resume (Python's hash() is salted per process, so sha256)."""
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:7], "big")
+
+
+class CheckpointStage:
+    """Loads one checkpoint onto the actor's device and turns a batch's JPEGs into pixels."""
+
+    def __init__(self, checkpoint_dir: Path, num_gpus_per_actor: float):
+        self.device = stage_device(num_gpus_per_actor)
+        ckpt = load_checkpoint(checkpoint_dir, device=self.device)
+        self.med = ckpt.med.eval()
+        self.tokenizer = ckpt.tokenizer
+        self.config = ckpt.config
+
+    @staticmethod
+    def ok_rows(batch: dict[str, np.ndarray]) -> list[int]:
+        return [i for i, status in enumerate(batch["status"]) if status == OK]
+
+    def pixels(self, batch: dict[str, np.ndarray], rows: list[int]) -> torch.Tensor:
+        images = []
+        for i in rows:
+            with Image.open(io.BytesIO(batch["image"][i])) as img:
+                images.append(img.convert("RGB"))
+        return images_to_tensor(images, self.config).to(self.device)  # (B, 3, S, S)
+
+
+def busy_seconds(n: int, rows: list[int], seconds: float) -> np.ndarray:
+    """A batch's busy time spread over the rows the stage worked on (0 for the rest), so that
+    the writer's sums give each stage's images per busy second."""
+    out = np.zeros(n)
+    if rows:
+        out[rows] = seconds / len(rows)
+    return out

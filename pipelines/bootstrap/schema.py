@@ -1,0 +1,64 @@
+"""The row contract between stages and of the output Parquet, and the status vocabulary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+# Statuses a row can leave with. "pending" only lives between the reader and the download stage.
+OK = "ok"
+DOWNLOAD_ERROR = "download_error"
+DECODE_ERROR = "decode_error"
+TOO_LARGE = "too_large"
+BLOCKED_URL = "blocked_url"
+BAD_ROW = "bad_row"
+PENDING = "pending"
+STATUSES = (OK, DOWNLOAD_ERROR, DECODE_ERROR, TOO_LARGE, BLOCKED_URL, BAD_ROW)
+
+# What the reader hands the download stage. `image` is set when the input already holds the
+# image (img2dataset output), and the download is then skipped.
+WORK_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("url", pa.string()),
+    ("web_caption", pa.string()),
+    ("shard", pa.int64()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("image", pa.binary()),
+])
+
+# The output contract (one Parquet row per input row); see the issue and README.
+OUTPUT_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("url", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("web_caption", pa.string()),
+    ("web_itm", pa.float64()),
+    ("web_itc", pa.float64()),
+    ("web_kept", pa.bool_()),
+    ("synthetic_captions", pa.list_(pa.string())),
+    ("synthetic_itm", pa.list_(pa.float64())),
+    ("synthetic_itc", pa.list_(pa.float64())),
+    ("synthetic_kept", pa.list_(pa.bool_())),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("image", pa.binary()),
+])
+
+
+def object_column(values: list[Any]) -> np.ndarray:
+    """A 1-D object array holding `values` as they are (lists stay lists, None stays None).
+
+    np.array() would turn equal-length lists into a 2-D array, which Ray Data then stores as a
+    tensor column instead of a list column."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def batch_len(batch: dict[str, np.ndarray]) -> int:
+    return len(next(iter(batch.values()))) if batch else 0

@@ -1,0 +1,93 @@
+"""Every knob of the bootstrap job, validated once at the entry point and saved in the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# img2dataset's default opt-out directives (downloader.py): a response whose X-Robots-Tag carries
+# one of these is not used.
+DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+
+InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "img2dataset"]
+ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
+
+
+class BootstrapSettings(BaseModel):
+    """CapFilt over a web corpus: download, caption, filter, write."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # -- where from, where to ------------------------------------------------------------
+    input: str = Field(description="Parquet/CSV/TSV/JSONL file, folder or glob (local or fsspec URL), "
+                                   "or an img2dataset output folder.")
+    output: Path = Field(description="Output folder: parquet/, webdataset/, manifest.json.")
+    captioner: Path = Field(description="Captioner checkpoint: capfilt or transformers BLIP folder.")
+    filter: Path = Field(description="Filter checkpoint: capfilt or transformers BLIP ITM folder.")
+    input_format: InputFormat = Field("auto", description="Input format; auto guesses from names.")
+    url_col: str = Field("url", min_length=1, description="Column holding the image URL.")
+    caption_col: str = Field("caption", min_length=1, description="Column holding the web caption.")
+    key_col: str | None = Field(None, description="Column holding a unique key; else a key is derived "
+                                                  "from the row's position in the input.")
+    resume: bool = Field(False, description="Finish a stopped run in the same output folder.")
+    overwrite: bool = Field(False, description="Delete what the output folder holds and start again.")
+    shard_size: int = Field(1000, ge=1, le=1_000_000, description="Input rows per work shard and per "
+                                                                 "output shard (the unit of resume).")
+
+    # -- download (img2dataset's fetch and resize) ---------------------------------------
+    timeout: float = Field(10.0, gt=0, le=600, description="Seconds per HTTP request.")
+    retries: int = Field(0, ge=0, le=10, description="Extra tries after a failed download.")
+    resize_mode: ResizeMode = Field("border", description="img2dataset resize mode.")
+    image_size: int = Field(256, ge=8, le=4096, description="img2dataset resize target (pixels).")
+    resize_only_if_bigger: bool = Field(False, description="Only shrink, never enlarge.")
+    user_agent_token: str | None = Field(None, description="Token added to the User-Agent and matched "
+                                                           "against X-Robots-Tag directives.")
+    disallowed_header_directives: list[str] = Field(
+        list(DEFAULT_DISALLOWED_DIRECTIVES),
+        description="X-Robots-Tag directives that opt an image out; an empty list honours none.")
+    max_image_bytes: int = Field(20_000_000, ge=1, description="Larger responses are refused (too_large).")
+    allow_private_hosts: bool = Field(False, description="Allow hosts on loopback, private or "
+                                                         "link-local addresses (tests, intranets).")
+    download_threads: int = Field(16, ge=1, le=512, description="Concurrent fetches inside one "
+                                                                "download task.")
+    download_batch_size: int = Field(64, ge=1, le=100_000, description="Rows per download task.")
+    download_cpus: float = Field(0.5, gt=0, le=64, description="CPUs reserved per download task.")
+
+    # -- caption ---------------------------------------------------------------------------
+    captioner_actors: int = Field(1, ge=1, le=1024, description="Captioner actor pool size.")
+    filter_actors: int = Field(1, ge=1, le=1024, description="Filter actor pool size.")
+    num_gpus_per_actor: float = Field(0.0, ge=0, le=8, description="GPUs per caption/filter actor.")
+    cpus_per_actor: float = Field(1.0, gt=0, le=64, description="CPUs per caption/filter actor.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Images per caption/filter batch.")
+    num_captions: int = Field(1, ge=0, le=64, description="Synthetic captions per image (K).")
+    decoding: Literal["nucleus", "beam"] = Field("nucleus", description="Nucleus sampling or beam search.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
+    min_length: int = Field(5, ge=0, le=512, description="Minimum caption length (tokens).")
+    max_length: int = Field(30, ge=1, le=512, description="Maximum caption length (tokens).")
+    repetition_penalty: float = Field(1.1, ge=1, le=10, description="Penalty on repeated tokens.")
+    num_beams: int = Field(3, ge=1, le=64, description="Beams for --decoding beam.")
+    prompt: str = Field("a picture of ", description="Text the captioner continues.")
+    seed: int = Field(0, ge=0, description="A caption depends only on (seed, row key).")
+
+    # -- filter ----------------------------------------------------------------------------
+    threshold: float = Field(0.5, ge=0, le=1, description="A caption is kept when its ITM "
+                                                          "probability is >= this.")
+    filter_web: bool = Field(True, description="Filter web captions too (else keep them all).",
+                             json_schema_extra={"flag": "--filter-web/--keep-all-web"})
+    keep: Literal["best", "all"] = Field("all", description="Keep every synthetic caption that passes, "
+                                                             "or only the best one.")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "BootstrapSettings":
+        if self.min_length > self.max_length:
+            raise ValueError(f"min_length {self.min_length} exceeds max_length {self.max_length}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        return self
+
+    @property
+    def disallowed_directives(self) -> frozenset[str]:
+        return frozenset(d.strip().lower() for d in self.disallowed_header_directives if d.strip())
