@@ -1,0 +1,326 @@
+"""Caption generation with the MED's image-grounded decoder: nucleus sampling and beam search.
+
+Written over `MED.lm_logits` rather than `transformers`' `generate()`, for two reasons that
+CapFilt needs and `generate()` does not give:
+  - a seed per row: each caption draws its uniforms from its own `torch.Generator`, seeded from
+    (row seed, caption index), so a caption depends on its row and not on the batch it landed in;
+  - K captions per image from one image pass, and the prompt's prefill (self- and cross-attention
+    K/V) done once per image, then shared by its K rows.
+
+Lengths count tokens as BLIP (through transformers' generate) counts them: the whole decoder
+sequence, [DEC] and the prompt included; max_length includes the final [SEP], and [SEP] may not
+be chosen while the sequence is shorter than min_length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Iterator, Literal, Protocol, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model.config import TokenIds
+from model.med import MED
+
+
+class PromptTokenizer(Protocol):
+    def encode_prompt(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class GenerationSettings(BaseModel):
+    """How captions are written; BLIP's sampling defaults (max 30, min 10, top-p 0.9)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_captions: int = Field(1, ge=1, description="captions per image (K)")
+    decoding: Literal["nucleus", "beam"] = "nucleus"
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus mass")
+    top_k: int = Field(0, ge=0, description="keep at most k tokens before top-p; 0 = off")
+    temperature: float = Field(1.0, gt=0.0)
+    min_length: int = Field(10, ge=0, description="tokens before [SEP] may end the caption, prompt included")
+    max_length: int = Field(30, ge=2, description="tokens at most, [DEC], prompt and [SEP] included")
+    repetition_penalty: float | None = Field(
+        None, ge=1.0, description="None = BLIP's choice: 1.1 for nucleus, 1.0 for beam"
+    )
+    num_beams: int = Field(3, ge=1)
+    length_penalty: float = Field(1.0, description="beam scores are divided by length**length_penalty")
+    prompt: str = Field("a picture of ", description="decoder prefix, stripped from the output")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GenerationSettings":
+        if self.min_length > self.max_length:
+            raise ValueError(f"min_length ({self.min_length}) exceeds max_length ({self.max_length})")
+        if self.decoding == "beam" and self.num_beams < self.num_captions:
+            raise ValueError(f"beam search returns at most num_beams ({self.num_beams}) captions, asked for {self.num_captions}")
+        return self
+
+    @property
+    def penalty(self) -> float:
+        if self.repetition_penalty is not None:
+            return self.repetition_penalty
+        return 1.1 if self.decoding == "nucleus" else 1.0  # BLIP hard-codes 1.1 for sampling
+
+
+def decoder_prefix(tokenizer: PromptTokenizer, prompt: str, tokens: TokenIds) -> list[int]:
+    """[DEC] + the prompt's word pieces (the tokenizer's leading [CLS] replaced, no [SEP])."""
+    ids = list(tokenizer.encode_prompt(prompt)) if prompt else []
+    if ids and ids[0] == tokens.cls:
+        ids = ids[1:]
+    return [tokens.dec, *ids]
+
+
+def row_seed(seed: int, caption_index: int) -> int:
+    """A 63-bit seed for caption `caption_index` of a row: a hash, so that neighbouring seeds
+    and indices give unrelated streams, and caption k is the same whatever K is."""
+    digest = hashlib.blake2b(f"{seed}:{caption_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def generate_captions(
+    med: MED,
+    tokenizer: PromptTokenizer,
+    pixel_values: torch.Tensor,
+    seeds: Sequence[int],
+    settings: GenerationSettings = GenerationSettings(),
+    use_cache: bool = True,
+) -> list[list[str]]:
+    """K = settings.num_captions captions for each of the B images, the prompt stripped.
+
+    pixel_values: (B, 3, H, W), preprocessed; seeds: one per image (ignored by beam search,
+    which is deterministic). use_cache=False recomputes the whole prefix at every step (the
+    benchmark's baseline); both paths give the same captions up to float rounding.
+    """
+    if len(seeds) != pixel_values.shape[0]:
+        raise ValueError(f"need one seed per image: {pixel_values.shape[0]} images, {len(seeds)} seeds")
+    tokens = med.config.tokens
+    prefix = decoder_prefix(tokenizer, settings.prompt, tokens)
+    if len(prefix) >= settings.max_length:
+        raise ValueError(f"the prompt takes {len(prefix)} tokens; max_length {settings.max_length} leaves no room")
+    if settings.max_length > med.config.max_positions:
+        raise ValueError(f"max_length {settings.max_length} exceeds the model's {med.config.max_positions} positions")
+    if pixel_values.shape[0] == 0:
+        return []
+    with _eval_mode(med), torch.inference_mode():
+        image_embeds = med.encode_image(pixel_values)  # (B, 1 + N, Dv), once per image
+        decode = _beam_search if settings.decoding == "beam" else _nucleus
+        rows = decode(med, image_embeds, prefix, list(seeds), settings, use_cache)
+    return [[tokenizer.decode(_caption_ids(row, len(prefix), tokens)) for row in image_rows] for image_rows in rows]
+
+
+def _caption_ids(seq: list[int], prefix_len: int, tokens: TokenIds) -> list[int]:
+    body = seq[prefix_len:]
+    return body[: body.index(tokens.sep)] if tokens.sep in body else body
+
+
+# ---- shared pieces ------------------------------------------------------------------------------
+class _Decoder:
+    """Next-token logits for a shrinking set of rows, with or without the KV cache.
+
+    With the cache, the prompt is prefilled once per image and the cache (self-attention K/V of
+    the prompt, cross-attention K/V of the image) repeated to the image's rows; later steps feed
+    one token. Without it, every step runs the decoder over the whole sequence so far.
+    """
+
+    def __init__(self, med: MED, image_embeds: torch.Tensor, prefix: list[int], rows_per_image: int, use_cache: bool):
+        self.med, self.use_cache = med, use_cache
+        batch = image_embeds.shape[0]
+        device = image_embeds.device
+        self.embeds = image_embeds.repeat_interleave(rows_per_image, dim=0)  # (R, 1 + N, Dv)
+        self.cache = None
+        if use_cache:
+            ids = torch.tensor([prefix], device=device).expand(batch, -1)
+            logits, self.cache = med.lm_logits(
+                ids, torch.ones_like(ids), image_embeds, use_cache=True, replace_first=False
+            )
+            self.cache.batch_repeat_interleave(rows_per_image)
+            self.first_logits = logits[:, -1, :].float().repeat_interleave(rows_per_image, dim=0)
+
+    def next_logits(self, seqs: torch.Tensor, cur_len: int, first: bool) -> torch.Tensor:
+        """seqs: (R, >= cur_len) of the live rows -> (R, V) logits for position cur_len."""
+        if self.use_cache and first:
+            return self.first_logits
+        mask = torch.ones(seqs.shape[0], cur_len, dtype=torch.long, device=seqs.device)
+        if self.use_cache:
+            logits, self.cache = self.med.lm_logits(
+                seqs[:, cur_len - 1 : cur_len], mask, self.embeds,
+                past_key_values=self.cache, use_cache=True, replace_first=False,
+            )
+        else:
+            logits = self.med.lm_logits(seqs[:, :cur_len], mask, self.embeds, replace_first=False)
+        return logits[:, -1, :].float()
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Drop finished rows (index: the rows kept, in order)."""
+        self.embeds = self.embeds[index]
+        if self.cache is not None:
+            self.cache.batch_select_indices(index)
+
+    def reorder_beams(self, index: torch.Tensor) -> None:
+        # Beams are only ever reordered among the rows of one image, whose cross-attention K/V
+        # are identical: only the self-attention cache needs the gather.
+        if self.cache is not None:
+            self.cache.self_attention_cache.reorder_cache(index)
+
+
+def _penalize_repeats(scores: torch.Tensor, seqs: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' (and so BLIP's) repetition penalty over every token already in the row."""
+    if penalty == 1.0:
+        return scores
+    seen = scores.gather(1, seqs)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return scores.scatter(1, seqs, seen)
+
+
+def _forbid_eos(scores: torch.Tensor, cur_len: int, settings: GenerationSettings, eos: int) -> torch.Tensor:
+    if cur_len < settings.min_length:
+        scores = scores.clone()
+        scores[:, eos] = float("-inf")
+    return scores
+
+
+# ---- nucleus sampling ---------------------------------------------------------------------------
+def _nucleus_pick(logits: torch.Tensor, uniforms: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+    """Inverse-CDF draw from the top-p (and top-k) set, one uniform per row: (A, V), (A,) -> (A,).
+
+    Each row uses only its own logits and uniform, so a draw cannot depend on other rows. Float64
+    makes a boundary case (u landing within rounding of a CDF step) vanishingly rare.
+    """
+    probs = torch.softmax(logits.double() / settings.temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly ahead of each token
+    keep = before < settings.top_p  # the smallest prefix whose mass reaches top_p
+    if settings.top_k > 0:
+        keep[:, settings.top_k :] = False
+    cdf = (sorted_p * keep).cumsum(dim=-1)
+    target = uniforms.to(cdf.device).unsqueeze(1) * cdf[:, -1:]
+    pos = torch.searchsorted(cdf, target, right=True).clamp(max=probs.shape[-1] - 1)
+    return order.gather(1, pos).squeeze(1)
+
+
+def _nucleus(
+    med: MED, image_embeds: torch.Tensor, prefix: list[int], seeds: list[int],
+    settings: GenerationSettings, use_cache: bool,
+) -> list[list[list[int]]]:
+    k = settings.num_captions
+    batch, device = image_embeds.shape[0], image_embeds.device
+    rows = batch * k  # row r = image r // k, caption r % k
+    steps = settings.max_length - len(prefix)
+    uniforms = torch.stack([
+        torch.rand(steps, generator=torch.Generator().manual_seed(row_seed(seeds[r // k], r % k)), dtype=torch.float64)
+        for r in range(rows)
+    ]).to(device)  # (R, steps), drawn up front on the CPU: the same on every device
+    eos, pad = med.config.tokens.sep, med.config.tokens.pad
+    seqs = torch.full((rows, settings.max_length), pad, dtype=torch.long, device=device)
+    seqs[:, : len(prefix)] = torch.tensor(prefix, device=device)
+    lengths = torch.full((rows,), settings.max_length, dtype=torch.long)
+    live = torch.arange(rows, device=device)  # rows still writing, in order
+    decoder = _Decoder(med, image_embeds, prefix, k, use_cache)
+
+    for step, cur_len in enumerate(range(len(prefix), settings.max_length)):
+        logits = decoder.next_logits(seqs[live], cur_len, first=step == 0)
+        logits = _penalize_repeats(logits, seqs[live, :cur_len], settings.penalty)
+        logits = _forbid_eos(logits, cur_len, settings, eos)
+        picks = _nucleus_pick(logits, uniforms[live, step], settings)
+        seqs[live, cur_len] = picks
+        done = picks == eos
+        if done.any():
+            lengths[live[done].cpu()] = cur_len + 1
+            keep = (~done).nonzero().squeeze(1)
+            live = live[keep]
+            if live.numel() == 0:
+                break
+            decoder.keep_rows(keep)
+    out = seqs.cpu().tolist()
+    return [[out[b * k + j][: lengths[b * k + j]] for j in range(k)] for b in range(batch)]
+
+
+# ---- beam search --------------------------------------------------------------------------------
+def _beam_search(
+    med: MED, image_embeds: torch.Tensor, prefix: list[int], seeds: list[int],
+    settings: GenerationSettings, use_cache: bool,
+) -> list[list[list[int]]]:
+    """transformers' beam search as BLIP ran it (early_stopping=False), per image independently.
+
+    Hypotheses are scored by sum of log-probs / length**length_penalty, the length counting the
+    prefix and not the [SEP]; the K best come back.
+    """
+    nb = settings.num_beams
+    batch, device = image_embeds.shape[0], image_embeds.device
+    eos, pad = med.config.tokens.sep, med.config.tokens.pad
+    seqs = torch.full((batch * nb, settings.max_length), pad, dtype=torch.long, device=device)
+    seqs[:, : len(prefix)] = torch.tensor(prefix, device=device)
+    # Only beam 0 is live at first, so that the first step does not pick nb copies of one token.
+    beam_scores = torch.full((batch, nb), -1e9, device=device)
+    beam_scores[:, 0] = 0.0
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    decoder = _Decoder(med, image_embeds, prefix, nb, use_cache)
+    base = torch.arange(batch, device=device).unsqueeze(1) * nb  # (B, 1) first row of each image
+
+    def score(sum_logprobs: float, length: int) -> float:
+        return sum_logprobs / (length ** settings.length_penalty)
+
+    for step, cur_len in enumerate(range(len(prefix), settings.max_length)):
+        logits = decoder.next_logits(seqs, cur_len, first=step == 0)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        logprobs = _penalize_repeats(logprobs, seqs[:, :cur_len], settings.penalty)
+        logprobs = _forbid_eos(logprobs, cur_len, settings, eos)
+        vocab = logprobs.shape[-1]
+        total = (beam_scores.view(-1, 1) + logprobs).view(batch, nb * vocab)
+        top_scores, top_idx = total.topk(2 * nb, dim=1)  # (B, 2nb), best first
+        top_beam, top_token = (top_idx // vocab).tolist(), (top_idx % vocab).tolist()
+        top_scores_l = top_scores.tolist()
+        next_beam = [[j for j in range(nb)] for _ in range(batch)]
+        next_token = [[pad] * nb for _ in range(batch)]
+        next_score = [[0.0] * nb for _ in range(batch)]
+        seqs_cpu = None
+        for b in range(batch):
+            if done[b]:
+                continue
+            filled = 0
+            for rank in range(2 * nb):
+                beam, token, s = top_beam[b][rank], top_token[b][rank], top_scores_l[b][rank]
+                if token == eos:
+                    if rank < nb:  # as transformers: an [SEP] outside the top nb is not kept
+                        if seqs_cpu is None:
+                            seqs_cpu = seqs[:, :cur_len].cpu().tolist()
+                        finished[b].append((score(s, cur_len), seqs_cpu[b * nb + beam] + [eos]))
+                    continue
+                next_beam[b][filled], next_token[b][filled], next_score[b][filled] = beam, token, s
+                filled += 1
+                if filled == nb:
+                    break
+            # Done once nb hypotheses are in and no live beam can beat the worst of them.
+            if len(finished[b]) >= nb:
+                worst = sorted(h[0] for h in finished[b])[-nb]
+                done[b] = worst >= score(max(next_score[b]), cur_len)
+        index = (base + torch.tensor(next_beam, device=device)).view(-1)
+        seqs = seqs[index]
+        seqs[:, cur_len] = torch.tensor(next_token, device=device).view(-1)
+        beam_scores = torch.tensor(next_score, device=device)
+        if all(done):
+            break
+        decoder.reorder_beams(index)
+    final = seqs.cpu().tolist()
+    scores_l = beam_scores.tolist()
+    out = []
+    for b in range(batch):
+        hyps = list(finished[b])
+        if not done[b]:  # ran out of length: the live beams count as hypotheses
+            hyps += [(score(scores_l[b][j], settings.max_length), final[b * nb + j]) for j in range(nb)]
+        hyps.sort(key=lambda h: h[0], reverse=True)
+        out.append([seq for _, seq in hyps[: settings.num_captions]])
+    return out
