@@ -1,0 +1,146 @@
+"""A training job on the driver: check the data, prepare the starting model, run the TorchTrainer.
+
+`run_training(settings)` is what `capfilt pretrain` and `capfilt finetune caption|filter` call.
+Everything that can be wrong with the data is found here, before a worker starts. The output
+folder holds:
+  settings.json     the settings of the latest start
+  init/             the starting checkpoint when the job starts from scratch (a model of the
+                    preset and a tokenizer trained on the data's captions)
+  metrics.jsonl     one line per log step, epoch end, resume and the end (pipelines/train/metrics.py)
+  ray/              Ray Train's run folder: its checkpoints (checkpoint_stepNNNNNNNN/) and the
+                    snapshot that makes a job started again on the same folder resume
+  model/            the final checkpoint (model.checkpoint format): `capfilt bootstrap` takes it
+                    as --captioner / --filter, `capfilt evaluate` as --checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipelines.train.data import DataError, count_pairs, decoded_dataset, pair_dataset, resolve_sources, sample_captions
+from pipelines.train.metrics import read_metrics
+from pipelines.train.optim import steps_per_epoch as steps_per_epoch_of
+from pipelines.train.settings import TrainSettings
+from pipelines.train.state import MODEL_DIR
+
+RUN_NAME = "ray"
+INIT_DIR = "init"
+TOKENIZER_SAMPLE = 200_000  # captions read to train a from-scratch tokenizer
+ROLES = {"pretrain": ["captioner", "filter"], "caption": ["captioner"], "filter": ["filter"]}
+
+
+def ensure_ray(settings: TrainSettings) -> None:
+    """Join the cluster that RAY_ADDRESS names, or start a local Ray with room for the workers
+    and for Ray Data's read and decode tasks beside them."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    needed = settings.num_workers * settings.cpus_per_worker + 1
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False)
+
+
+def prepare_init(settings: TrainSettings, pairs) -> Path:
+    """The checkpoint the workers start from: --init, or a fresh model of --preset whose
+    tokenizer is trained on the data's captions (kept in OUTPUT/init, reused on resume)."""
+    if settings.init is not None:
+        return settings.init
+    init = settings.output / INIT_DIR
+    if (init / "config.json").is_file():
+        return init
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.config import preset
+    from model.med import MED
+    from model.tokenizer import train_wordpiece
+
+    base = preset(settings.preset)
+    tokenizer = train_wordpiece(sample_captions(pairs, TOKENIZER_SAMPLE), vocab_size=base.vocab_size)
+    config = base.replace(vocab_size=tokenizer.vocab_size, tokens=tokenizer.ids,
+                          image_size=settings.image_size or base.image_size)
+    torch.manual_seed(settings.seed)
+    save_checkpoint(init, MED(config), tokenizer, extra={"roles": ROLES["pretrain"], "initialised": "random",
+                                                          "seed": settings.seed})
+    return init
+
+
+def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = None):
+    """Everything up to `trainer.fit()`: data checked and counted, starting model ready."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.train.loop import train_loop_per_worker
+
+    sources = resolve_sources(settings.data)  # DataError on a bad path, before Ray starts
+    ensure_ray(settings)
+    pairs = pair_dataset(sources)
+    num_pairs = count_pairs(pairs, sources)  # DataError when there are none
+    per_step = settings.batch_size * settings.num_workers
+    if num_pairs < per_step:
+        raise DataError(f"data: {num_pairs} pairs is less than one step needs "
+                   f"(batch_size {settings.batch_size} x num_workers {settings.num_workers} = {per_step})")
+    settings.output.mkdir(parents=True, exist_ok=True)
+    init = prepare_init(settings, pairs)
+    from model.checkpoint import load_checkpoint
+
+    image_size = settings.image_size or load_checkpoint(init).config.image_size
+    per_epoch = steps_per_epoch_of(num_pairs, settings.batch_size, settings.num_workers)
+    total = per_epoch * settings.epochs
+    if settings.max_steps:
+        total = min(total, settings.max_steps)
+    settings_json = settings.model_dump(mode="json")
+    (settings.output / "settings.json").write_text(json.dumps(settings_json, indent=2) + "\n")
+    config = {"settings": settings_json, "output": str(settings.output.resolve()), "init": str(init),
+              "total_steps": total, "steps_per_epoch": per_epoch, "num_pairs": num_pairs, "fault": fault}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+            resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            storage_path=str(settings.output.resolve()), name=RUN_NAME,
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+        ),
+        datasets={"train": decoded_dataset(pairs, image_size)},
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+    )
+
+
+def run_training(settings: TrainSettings, *, fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train; return a summary. The final model lands in OUTPUT/model."""
+    trainer = build_trainer(settings, fault=fault)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training in {settings.output} ended without a checkpoint")
+    final = settings.output / MODEL_DIR
+    with result.checkpoint.as_directory() as directory:
+        source = Path(directory) / MODEL_DIR
+        tmp = settings.output / f".{MODEL_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        _set_roles(tmp, ROLES[settings.task])
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    records = read_metrics(settings.output)
+    done = [r for r in records if r.get("event") == "done"]
+    return {"output": str(settings.output), "model": str(final), "checkpoint": result.checkpoint.path,
+            **({k: done[-1][k] for k in ("step", "samples", "world_size", "replicas_equal")} if done else {})}
+
+
+def _set_roles(model_dir: Path, roles: list[str]) -> None:
+    """extra.json says which modes the checkpoint was trained for (it is not hashed)."""
+    path = model_dir / "extra.json"
+    extra = json.loads(path.read_text()) if path.is_file() else {}
+    extra["roles"] = roles
+    path.write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,183 @@
+"""Rows of the formats training reads -> (image bytes, caption, image key) pairs, one per caption.
+
+Plain functions over Ray Data batch dicts, testable on hand-made batches:
+  - bootstrap output Parquet: rows with status "ok"; the web caption when `web_kept`, and every
+    synthetic caption whose `synthetic_kept` is true;
+  - toy-world splits and other Parquet: image bytes (`image`, `jpg`, `png`) or an image path
+    (`image` as text, `image_path`, `file`, ...; relative to the Parquet file's folder) and `captions` (a list) or
+    `caption` (one string);
+  - WebDataset shards (bootstrap's or img2dataset's): the image entry and `txt`, one kept caption
+    per line; an img2dataset `json` entry whose status is not "success" drops the sample.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from PIL import Image
+
+from model.config import MEDConfig
+
+IMAGE_BYTE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "image_bytes")
+IMAGE_PATH_COLUMNS = ("image_path", "file", "file_name", "filepath", "image_file")
+KEY_COLUMNS = ("key", "image_id", "__key__", "id")
+OK_STATUSES = {"ok", "success", None}
+
+PAIR_COLUMNS = ("image", "caption", "image_key")
+
+
+def _column(batch: dict[str, np.ndarray], names: Iterable[str]) -> tuple[str, np.ndarray] | None:
+    for name in names:
+        if name in batch:
+            return name, batch[name]
+    return None
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", errors="replace")
+    return str(value).strip()
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return [value]
+
+
+def _image_bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):  # Arrow struct {bytes, path}, as HF datasets store images
+        value = value.get("bytes")
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
+        return value.tobytes()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value) or None
+    return None
+
+
+def row_captions(batch: dict[str, np.ndarray], i: int) -> list[str]:
+    """The captions row `i` holds that are kept (each becomes one pair)."""
+    captions: list[str] = []
+    if "web_caption" in batch:  # bootstrap output
+        kept = batch.get("web_kept")
+        if kept is None or bool(kept[i]):
+            captions.append(_text(batch["web_caption"][i]))
+        synthetic = _as_list(batch["synthetic_captions"][i]) if "synthetic_captions" in batch else []
+        flags = _as_list(batch["synthetic_kept"][i]) if "synthetic_kept" in batch else [True] * len(synthetic)
+        captions += [_text(c) for c, keep in zip(synthetic, flags) if keep]
+    elif "captions" in batch:
+        captions = [_text(c) for c in _as_list(batch["captions"][i])]
+    elif "caption" in batch:
+        captions = [_text(batch["caption"][i])]
+    elif "txt" in batch:  # WebDataset: one kept caption per line
+        captions = _text(batch["txt"][i]).splitlines()
+    elif "text" in batch:
+        captions = [_text(batch["text"][i])]
+    return [c for c in (c.strip() for c in captions) if c]
+
+
+def _row_ok(batch: dict[str, np.ndarray], i: int) -> bool:
+    if "status" in batch and batch["status"][i] not in OK_STATUSES:
+        return False
+    if "json" in batch and batch["json"][i] is not None:  # img2dataset's per-sample metadata
+        try:
+            meta = json.loads(_text(batch["json"][i]) or "{}")
+        except json.JSONDecodeError:
+            return True
+        if isinstance(meta, dict) and meta.get("status") not in OK_STATUSES:
+            return False
+    return True
+
+
+def rows_to_pairs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch of any supported format -> columns image (bytes), caption, image_key.
+
+    Image paths are read here, relative to the folder of the file the row came from (the
+    `path` column that Ray Data's `include_paths` adds)."""
+    n = len(next(iter(batch.values()))) if batch else 0
+    images: list[bytes] = []
+    captions: list[str] = []
+    keys: list[str] = []
+    byte_col = _column(batch, IMAGE_BYTE_COLUMNS)
+    path_col = _column(batch, IMAGE_PATH_COLUMNS)
+    key_col = _column(batch, KEY_COLUMNS)
+    sources = batch.get("path")
+    for i in range(n):
+        if not _row_ok(batch, i):
+            continue
+        texts = row_captions(batch, i)
+        if not texts:
+            continue
+        value = byte_col[1][i] if byte_col is not None else None
+        data = _image_bytes(value)
+        if data is None and isinstance(value, str):  # the toy world's splits: `image` is a path
+            path_value: Any = value
+        else:
+            path_value = path_col[1][i] if path_col is not None else None
+        if data is None and path_value:
+            image_path = Path(_text(path_value))
+            if not image_path.is_absolute() and sources is not None:
+                image_path = Path(str(sources[i])).parent / image_path
+            try:
+                data = image_path.read_bytes()
+            except OSError:
+                data = None
+        if data is None:
+            continue
+        key = _text(key_col[1][i]) if key_col is not None else ""
+        if not key:
+            key = f"{_text(sources[i]) if sources is not None else ''}#{i}"
+        for text in texts:
+            images.append(data)
+            captions.append(text)
+            keys.append(key)
+    out_images = np.empty(len(images), dtype=object)
+    out_images[:] = images
+    return {"image": out_images, "caption": np.asarray(captions, dtype=object),
+            "image_key": np.asarray(keys, dtype=object)}
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray | None:
+    """Encoded image -> (size, size, 3) uint8, bicubic like model/preprocess.py; None if undecodable."""
+    from model.preprocess import to_rgb
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = to_rgb(image)
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), resample=Image.Resampling.BICUBIC)
+            return np.asarray(rgb, dtype=np.uint8)
+    except Exception:  # any broken file is one dropped pair, not a failed job
+        return None
+
+
+class DecodeImages:
+    """Ray Data stage: image bytes -> uint8 (S, S, 3) arrays; undecodable rows are dropped."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        decoded = [decode_image(b, self.image_size) for b in batch["image"]]
+        keep = [i for i, a in enumerate(decoded) if a is not None]
+        size = self.image_size
+        images = np.stack([decoded[i] for i in keep]) if keep else np.zeros((0, size, size, 3), np.uint8)
+        return {"image": images,
+                "caption": np.asarray([batch["caption"][i] for i in keep], dtype=object),
+                "image_key": np.asarray([batch["image_key"][i] for i in keep], dtype=object)}
+
+
+def image_size_for(config: MEDConfig, requested: int | None) -> int:
+    return requested or config.image_size

@@ -1,0 +1,102 @@
+"""Settings of the training jobs (pre-train, fine-tune captioner, fine-tune filter) and of evaluation.
+
+One frozen pydantic model per command; `capfilt/` turns them into flags, the loop receives them
+validated. Defaults follow BLIP's pre-training recipe (AdamW, weight decay 0.05, linear warm-up then
+decay) scaled down to what a CPU and the toy world can run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Task = Literal["pretrain", "caption", "filter"]
+
+# The losses each task trains; the names are those model/pretrain_task.py returns.
+TASK_LOSSES: dict[str, tuple[str, ...]] = {
+    "pretrain": ("itc", "itm", "lm"),
+    "caption": ("lm",),
+    "filter": ("itc", "itm"),
+}
+
+
+class TrainSettings(BaseModel):
+    """Everything a training job needs; saved as settings.json beside its output."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: Task = Field("pretrain", description="pretrain (ITC+ITM+LM), caption (LM) or filter (ITC+ITM).")
+    data: list[str] = Field(min_length=1, description="Bootstrap output, toy-world split, img2dataset "
+                                                      "output, Parquet or WebDataset files or folders.")
+    output: Path = Field(description="Output folder; a job started again on it resumes.")
+    preset: str = Field("tiny", description="Model size when starting from scratch (tiny, base, large).")
+    init: Path | None = Field(None, description="Checkpoint folder to start from (required to fine-tune).")
+    epochs: int = Field(1, ge=1, le=10_000)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps in all.")
+    batch_size: int = Field(16, ge=2, le=65_536, description="Pairs per worker per step (ITM needs >= 2).")
+    lr: float = Field(3e-4, gt=0, le=1.0, description="Peak learning rate.")
+    min_lr: float = Field(1e-6, ge=0, le=1.0, description="Learning rate at the start of warm-up and the floor of decay.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps from min_lr to lr.")
+    decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
+    weight_decay: float = Field(0.05, ge=0, le=1.0, description="AdamW weight decay (not on biases, norms, temperature).")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this.")
+    image_size: int | None = Field(None, ge=16, le=1024, description="Training image side; default the model's.")
+    crop_scale_min: float = Field(0.8, gt=0, le=1.0, description="Smallest area share of the random resized crop "
+                                  "(1.0: no crop). Captions name places and sizes: keep it mild.")
+    max_text_len: int | None = Field(None, ge=4, le=512, description="Token limit of captions; default the model's.")
+    prompt: str = Field("a picture of ", description="Captioner prompt (caption task), masked out of the LM loss.")
+    queue_size: int | None = Field(None, ge=0, description="ITC feature queue length; default the task's.")
+    num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks).")
+    cpus_per_worker: float = Field(1.0, gt=0, le=256)
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL and bf16 autocast.")
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(10, ge=1, description="Write a metrics line every this many steps.")
+    checkpoint_every: int = Field(200, ge=1, description="Checkpoint every this many steps (and at each epoch's end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Ray Train checkpoints to keep.")
+    max_failures: int = Field(3, ge=-1, description="Worker failures to recover from (-1: always).")
+    shuffle_buffer: int = Field(1000, ge=0, description="Rows in each worker's local shuffle buffer (0: off).")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "TrainSettings":
+        if self.task != "pretrain" and self.init is None:
+            raise ValueError(f"init: a {self.task} fine-tune starts from a checkpoint (--init)")
+        if self.init is not None and not self.init.is_dir():
+            raise ValueError(f"init: checkpoint folder not found: {self.init}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
+        return self
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        return TASK_LOSSES[self.task]
+
+
+class EvaluateSettings(BaseModel):
+    """Zero-shot retrieval and captioning of one checkpoint on one split."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    checkpoint: Path = Field(description="Checkpoint folder to evaluate.")
+    data: list[str] = Field(min_length=1, description="The split: toy-world split Parquet, bootstrap output, ...")
+    output: Path | None = Field(None, description="JSON file to write the metrics to (else printed only).")
+    tasks: list[Literal["retrieval", "caption"]] = Field(default_factory=lambda: ["retrieval", "caption"])
+    k_test: int = Field(16, ge=1, le=1024, description="ITM re-ranks the ITC top k.")
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_images: int | None = Field(None, ge=1, description="Evaluate on the first this many images only.")
+    decoding: Literal["beam", "nucleus", "greedy"] = Field("beam", description="Caption decoding.")
+    num_beams: int = Field(3, ge=1, le=64)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_length: int = Field(20, ge=1, le=512)
+    min_length: int = Field(5, ge=0, le=512)
+    prompt: str = Field("a picture of ")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "EvaluateSettings":
+        if not self.checkpoint.is_dir():
+            raise ValueError(f"checkpoint: folder not found: {self.checkpoint}")
+        if self.min_length > self.max_length:
+            raise ValueError(f"min_length {self.min_length} exceeds max_length {self.max_length}")
+        return self
