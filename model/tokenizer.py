@@ -12,13 +12,13 @@ The tokenizer lives outside the nn.Module (see STYLE.md); the MED only sees ids.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
 
 from model.config import TokenIds
 
@@ -191,15 +191,29 @@ def _from_vocab_txt(directory: Path, config: dict, lowercase: bool) -> Tokenizer
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 1) -> TextTokenizer:
-    """Train a BERT-uncased WordPiece tokenizer on `texts`; specials take ids 0..6 in
-    SPECIAL_TOKENS order. The vocabulary may come out smaller than `vocab_size` on a small corpus;
-    read `.vocab_size` afterwards."""
-    tok = _bert_pipeline(Tokenizer(WordPiece(unk_token="[UNK]")))
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##",
-    )
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    """A BERT-uncased WordPiece tokenizer for `texts`: the specials (ids 0..6, SPECIAL_TOKENS
+    order), every character seen (alone and as a '##' piece, so that nothing made of them is
+    [UNK]), then whole words by frequency (ties alphabetical) until `vocab_size`.
+
+    Why not `tokenizers`' WordPieceTrainer: it breaks ties between equally frequent pairs in hash
+    order, so two runs on the same corpus give different vocabularies, and `model init --seed`
+    could not reproduce a checkpoint. Normalising, pre-tokenising and the WordPiece model itself
+    are `tokenizers`'. Words past the limit are spelt with the longest known pieces. The
+    vocabulary may come out smaller than `vocab_size`; read `.vocab_size` afterwards.
+    """
+    probe = _bert_pipeline(Tokenizer(WordPiece({"[UNK]": 0}, unk_token="[UNK]")))
+    counts: Counter[str] = Counter()
+    for text in texts:
+        normalized = probe.normalizer.normalize_str(text)
+        counts.update(word for word, _ in probe.pre_tokenizer.pre_tokenize_str(normalized))
+    chars = sorted({c for word in counts for c in word})
+    vocab = [*SPECIAL_TOKENS, *chars, *("##" + c for c in chars)]
+    if len(vocab) > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the specials and characters ({len(vocab)})")
+    known = set(vocab)
+    words = sorted((w for w, n in counts.items() if n >= min_frequency and w not in known), key=lambda w: (-counts[w], w))
+    vocab += words[: vocab_size - len(vocab)]
+    tok = _bert_pipeline(Tokenizer(WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]")))
     # Registered as special so that they are never split, and skipped on decode.
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     return TextTokenizer(tok)

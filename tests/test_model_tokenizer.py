@@ -27,6 +27,16 @@ def test_trained_specials_match_tiny_preset(toy):
     assert toy.vocab_size <= 300
 
 
+def test_training_is_deterministic_and_respects_the_limit():
+    a, b = train_wordpiece(CORPUS, vocab_size=300), train_wordpiece(list(reversed(CORPUS)), vocab_size=300)
+    assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+    small = train_wordpiece(CORPUS, vocab_size=60)
+    assert small.vocab_size == 60
+    ids, _ = small.encode(["three green triangles"], 32)
+    assert small.decode(ids[0]) == "three green triangles"  # spelt in pieces, never [UNK]
+    assert 1 not in ids[0].tolist()
+
+
 def test_encode_pads_truncates_and_lowercases(toy):
     ids, mask = toy.encode(["A SMALL Red circle", "two"], max_length=4)
     assert ids.dtype == torch.long and ids.shape == mask.shape == (2, 4)

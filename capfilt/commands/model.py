@@ -1,0 +1,162 @@
+"""`capfilt model init` and `capfilt model info`: make a random-init checkpoint, describe one.
+
+A fresh checkpoint serves as captioner and as filter (one MED, both heads). Its tokenizer is,
+unless `--tokenizer DIR` names one (e.g. a BLIP checkpoint's), a WordPiece tokenizer trained on
+the toy world's caption grammar, so that every word a toy caption can hold is one token.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field
+
+from capfilt.settings_cli import settings_command
+
+EXIT_FAILED = 1
+
+PresetName = Literal["tiny", "base", "large"]
+
+
+class ModelInitSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    output: Path = Field(description="Checkpoint folder to write.")
+    preset: PresetName = Field("tiny", description="Model size: tiny (CPU, toy world), base (ViT-B/16), large (ViT-L/16).")
+    seed: int = Field(0, ge=0, description="Seed of the random init (same seed, same checkpoint hash).")
+    image_size: int | None = Field(None, gt=0, description="Image side in px (default: the preset's; BLIP: 224 pre-train, 384 fine-tune).")
+    vocab_size: int = Field(1024, ge=64, description="Upper bound on the trained toy tokenizer's vocabulary.")
+    tokenizer: Path | None = Field(None, description="Use this folder's tokenizer (capfilt or BLIP) instead of training one.")
+    overwrite: bool = Field(False, description="Replace an existing checkpoint folder.")
+
+
+class ModelInfoSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    checkpoint: Path = Field(description="Checkpoint: capfilt folder, transformers BLIP folder, or BLIP .pth.")
+    as_json: bool = Field(False, description="Print JSON instead of text.", json_schema_extra={"flag": "--json/--text"})
+
+
+def toy_caption_corpus() -> list[str]:
+    """Every word and phrase of the toy world's caption grammar, in sentences like its captions,
+    plus the printable ASCII characters (so that junk web alt-text never maps to [UNK]).
+
+    Built from the grammar's vocabulary tables rather than by sampling scenes, so that it is
+    complete and does not depend on how the world samples.
+    """
+    from capfilt.world.grammar import GENERIC_NOUNS, NUMBERS, PLACE_PHRASES, PREFIXES, RELATION_PHRASES
+    from capfilt.world.scene import COLOURS, SHAPES, SIZES
+
+    def plural(word: str) -> str:
+        return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
+
+    nouns = [*SHAPES, *GENERIC_NOUNS]
+    places = [p for forms in PLACE_PHRASES.values() for p in forms]
+    relations = [r for forms in RELATION_PHRASES.values() for r in forms]
+    prefixes = [p for p in PREFIXES if p] + ["there are"]
+    lines: list[str] = []
+    for i, noun in enumerate(nouns):
+        for j, colour in enumerate(COLOURS):
+            size = SIZES[(i + j) % len(SIZES)]
+            det = "an" if size[0] in "aeiou" else "a"
+            place = places[(i * len(COLOURS) + j) % len(places)]
+            lines.append(f"{det} {size} {colour} {noun} {place}")
+            count = list(NUMBERS)[(i + j) % len(NUMBERS)]
+            lines.append(f"{count} {colour} {plural(noun)} {relations[(i + j) % len(relations)]} a {noun}")
+    for k, prefix in enumerate(prefixes):
+        lines.append(f"{prefix} an {SIZES[k % len(SIZES)]} {list(COLOURS)[k % len(COLOURS)]} {nouns[k % len(nouns)]} "
+                     f"and a {nouns[-1 - k % len(nouns)]}")
+    lines.append(" ".join(string.ascii_lowercase + string.digits + string.punctuation))
+    return lines
+
+
+def init_model(settings: ModelInitSettings) -> dict[str, Any]:
+    """Write a random-init checkpoint; returns what `model info` would print."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.config import preset
+    from model.med import MED
+    from model.tokenizer import TextTokenizer, train_wordpiece
+
+    out = settings.output
+    if out.exists() and any(out.iterdir()) and not settings.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    if settings.tokenizer is not None:
+        tokenizer = TextTokenizer.load(settings.tokenizer)
+    else:
+        tokenizer = train_wordpiece(toy_caption_corpus(), vocab_size=settings.vocab_size)
+    changes: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, "tokens": tokenizer.ids}
+    if settings.image_size is not None:
+        changes["image_size"] = settings.image_size
+    config = preset(settings.preset, **changes)
+    if config.image_size % config.patch_size:
+        raise ValueError(f"image size {config.image_size} is not a multiple of the patch size {config.patch_size}")
+    torch.manual_seed(settings.seed)
+    med = MED(config)
+    extra = {"created_by": "capfilt model init", "seed": settings.seed, "roles": ["captioner", "filter"],
+             "settings": json.loads(settings.model_dump_json())}
+    save_checkpoint(out, med, tokenizer, extra=extra)
+    return model_info(out)
+
+
+def model_info(path: Path) -> dict[str, Any]:
+    """Preset, kind, roles, parameter counts (total / captioner / filter) and the hash."""
+    from model.checkpoint import load_checkpoint
+    from model.med import count_parameters
+
+    ck = load_checkpoint(path)
+    med = ck.med
+    return {
+        "checkpoint": str(path),
+        "kind": ck.kind,
+        "preset": ck.config.preset,
+        "roles": list(ck.roles),
+        "image_size": ck.config.image_size,
+        "vocab_size": ck.config.vocab_size,
+        "tied": med.tied,
+        "parameters": {
+            "total": count_parameters([med]),
+            "captioner": count_parameters(med.captioner_modules()),
+            "filter": count_parameters(med.filter_modules()),
+        },
+        "sha256": ck.sha256,
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    p = info["parameters"]
+    return "\n".join([
+        f"checkpoint  {info['checkpoint']}",
+        f"kind        {info['kind']} (roles: {', '.join(info['roles'])}; {'tied' if info['tied'] else 'untied'})",
+        f"preset      {info['preset']} (image {info['image_size']} px, vocabulary {info['vocab_size']})",
+        f"parameters  total {p['total']:,}  captioner {p['captioner']:,}  filter {p['filter']:,}",
+        f"sha256      {info['sha256']}",
+    ])
+
+
+def register(app: typer.Typer) -> None:
+    model_app = typer.Typer(help="Make and inspect MED checkpoints.", no_args_is_help=True)
+    app.add_typer(model_app, name="model")
+
+    @settings_command(model_app, "init", ModelInitSettings)
+    def init(settings: ModelInitSettings) -> None:
+        """Write a random-init checkpoint that serves as captioner and as filter."""
+        try:
+            info = init_model(settings)
+        except (FileExistsError, ValueError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_FAILED)
+        typer.echo(format_info(info))
+
+    @settings_command(model_app, "info", ModelInfoSettings, positional=["checkpoint"])
+    def info(settings: ModelInfoSettings) -> None:
+        """Print a checkpoint's preset, parameter counts and hash."""
+        try:
+            data = model_info(settings.checkpoint)
+        except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_FAILED)
+        typer.echo(json.dumps(data, indent=2) if settings.as_json else format_info(data))
