@@ -193,7 +193,8 @@ def _from_vocab_txt(directory: Path, config: dict, lowercase: bool) -> Tokenizer
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 1) -> TextTokenizer:
     """A BERT-uncased WordPiece tokenizer for `texts`: the specials (ids 0..6, SPECIAL_TOKENS
     order), every character seen (alone and as a '##' piece, so that nothing made of them is
-    [UNK]), then whole words by frequency (ties alphabetical) until `vocab_size`.
+    [UNK]; only the most frequent if they would take over half the vocabulary), then whole
+    words by frequency (ties alphabetical) until `vocab_size`.
 
     Why not `tokenizers`' WordPieceTrainer: it breaks ties between equally frequent pairs in hash
     order, so two runs on the same corpus give different vocabularies, and `model init --seed`
@@ -206,10 +207,19 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 1024, min_frequency:
     for text in texts:
         normalized = probe.normalizer.normalize_str(text)
         counts.update(word for word, _ in probe.pre_tokenizer.pre_tokenize_str(normalized))
-    chars = sorted({c for word in counts for c in word})
+    char_counts: Counter[str] = Counter()
+    for word, n in counts.items():
+        for c in word:
+            char_counts[c] += n
+    # Like the trainer's limit_alphabet: on a corpus with more characters than fit (web text in
+    # many scripts), the rarest become [UNK]; characters (each twice: "c" and "##c") take at
+    # most half of the vocabulary beside the specials.
+    max_chars = (vocab_size - len(SPECIAL_TOKENS)) // 4
+    if max_chars < 1:
+        raise ValueError(f"vocab_size {vocab_size} leaves no room beside the {len(SPECIAL_TOKENS)} specials")
+    by_frequency = sorted(char_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    chars = sorted(c for c, _ in by_frequency[:max_chars])
     vocab = [*SPECIAL_TOKENS, *chars, *("##" + c for c in chars)]
-    if len(vocab) > vocab_size:
-        raise ValueError(f"vocab_size {vocab_size} is smaller than the specials and characters ({len(vocab)})")
     known = set(vocab)
     words = sorted((w for w, n in counts.items() if n >= min_frequency and w not in known), key=lambda w: (-counts[w], w))
     vocab += words[: vocab_size - len(vocab)]

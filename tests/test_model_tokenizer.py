@@ -30,11 +30,21 @@ def test_trained_specials_match_tiny_preset(toy):
 def test_training_is_deterministic_and_respects_the_limit():
     a, b = train_wordpiece(CORPUS, vocab_size=300), train_wordpiece(list(reversed(CORPUS)), vocab_size=300)
     assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
-    small = train_wordpiece(CORPUS, vocab_size=60)
-    assert small.vocab_size == 60
-    ids, _ = small.encode(["three green triangles"], 32)
-    assert small.decode(ids[0]) == "three green triangles"  # spelt in pieces, never [UNK]
+    words = [x + y + z for x in "abcd" for y in "abcd" for z in "abcd"]  # 64 words, 4 characters
+    small = train_wordpiece([" ".join(words)], vocab_size=7 + 8 + 18)
+    assert small.vocab_size == 33  # specials, a..d and ##a..##d, the first 18 words
+    assert small.encode(["aab"], 8)[0].shape[1] == 3  # a whole word
+    ids, _ = small.encode(["ddd"], 8)
+    assert ids.shape[1] == 5 and small.decode(ids[0]) == "ddd"  # spelt in pieces, never [UNK]
     assert 1 not in ids[0].tolist()
+
+
+def test_a_corpus_with_many_scripts_keeps_room_for_words():
+    scripts = ["".join(chr(0x4E00 + i * 7 + j) for j in range(5)) for i in range(200)]  # 1000 CJK chars
+    tok = train_wordpiece(CORPUS + scripts, vocab_size=300)
+    assert tok.vocab_size == 300
+    ids, _ = tok.encode(["three green triangles"], 32)
+    assert ids.shape[1] == 5  # whole words, still
 
 
 def test_encode_pads_truncates_and_lowercases(toy):
