@@ -85,7 +85,7 @@ def work_batch(urls: list[str]) -> dict[str, np.ndarray]:
 
 def test_download_statuses(server, tmp_path):
     names = ["good.jpg", "missing.jpg", "truncated.jpg", "page.html", "big.jpg", "slow.jpg", "noai.jpg", "redirect"]
-    out = DownloadStage(settings(tmp_path))(work_batch([f"{server}/{n}" for n in names]))
+    out = DownloadStage(settings(tmp_path))(work_batch([f"{server}/{n}" for n in names])).to_pydict()
     got = dict(zip(names, out["status"]))
     assert got == {"good.jpg": "ok", "missing.jpg": "download_error", "truncated.jpg": "decode_error",
                    "page.html": "decode_error", "big.jpg": "too_large", "slow.jpg": "download_error",
@@ -96,22 +96,22 @@ def test_download_statuses(server, tmp_path):
 
 
 def test_loopback_is_blocked_unless_allowed(server, tmp_path):
-    out = DownloadStage(settings(tmp_path, allow_private_hosts=False))(work_batch([f"{server}/good.jpg"]))
+    out = DownloadStage(settings(tmp_path, allow_private_hosts=False))(work_batch([f"{server}/good.jpg"])).to_pydict()
     assert out["status"][0] == "blocked_url" and "127.0.0.1" in out["error"][0]
 
 
 def test_opt_out_and_resize_knobs(server, tmp_path):
     stage = DownloadStage(settings(tmp_path, disallowed_header_directives=[], resize_mode="keep_ratio", image_size=60))
-    out = stage(work_batch([f"{server}/noai.jpg"]))
+    out = stage(work_batch([f"{server}/noai.jpg"])).to_pydict()
     assert out["status"][0] == "ok" and (out["width"][0], out["height"][0]) == (80, 60)
-    out = DownloadStage(settings(tmp_path, resize_mode="no"))(work_batch([f"{server}/good.jpg"]))
+    out = DownloadStage(settings(tmp_path, resize_mode="no"))(work_batch([f"{server}/good.jpg"])).to_pydict()
     assert (out["width"][0], out["height"][0]) == (40, 30)
 
 
 def test_image_already_present_skips_fetch(tmp_path):
     batch = work_batch(["http://nowhere.invalid/x.jpg"])
     batch["image"][0] = GOOD
-    out = DownloadStage(settings(tmp_path, allow_private_hosts=False))(batch)
+    out = DownloadStage(settings(tmp_path, allow_private_hosts=False))(batch).to_pydict()
     assert out["status"][0] == "ok"
 
 

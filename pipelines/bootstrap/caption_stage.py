@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from model.generation import GenerationSettings, generate_captions
-from pipelines.bootstrap.model_stage import CheckpointStage, busy_seconds, row_seed
-from pipelines.bootstrap.schema import batch_len, object_column
+from pipelines.bootstrap.model_stage import CheckpointStage, busy_seconds, key_seed
+from pipelines.bootstrap.schema import as_table, batch_len, object_column
 from pipelines.bootstrap.settings import BootstrapSettings
 
 
@@ -34,17 +35,17 @@ class CaptionStage(CheckpointStage):
         self.generation = generation_settings(settings)
 
     @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         start = time.perf_counter()
         n = batch_len(batch)
         captions: list[list[str]] = [[] for _ in range(n)]
         rows = self.ok_rows(batch)
         if rows and self.settings.num_captions > 0:
-            seeds = [row_seed(self.settings.seed, str(batch["key"][i])) for i in rows]
+            seeds = [key_seed(self.settings.seed, str(batch["key"][i])) for i in rows]
             generated = generate_captions(self.med, self.tokenizer, self.pixels(batch, rows), seeds, self.generation)
             for i, row_captions in zip(rows, generated):
                 captions[i] = list(row_captions)
         out = dict(batch)
         out["synthetic_captions"] = object_column(captions)
         out["_seconds_caption"] = busy_seconds(n, rows, time.perf_counter() - start)
-        return out
+        return as_table(out)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 # img2dataset imports albumentations, which otherwise asks the network for a newer version.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -34,7 +35,7 @@ from img2dataset.resizer import Resizer  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipelines.bootstrap.schema import (BLOCKED_URL, DECODE_ERROR, DOWNLOAD_ERROR, OK, PENDING, TOO_LARGE,
-                                        batch_len, object_column)
+                                        as_table, batch_len, object_column)
 from pipelines.bootstrap.settings import BootstrapSettings
 
 # img2dataset's browser User-Agent, with the same "(compatible; token; +url)" suffix convention.
@@ -155,7 +156,7 @@ class DownloadStage:
         except FetchError as exc:
             return exc.status, str(exc)[:500], None, None, None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         start = time.perf_counter()
         n = batch_len(batch)
         todo = [i for i in range(n) if batch["status"][i] == PENDING]
@@ -175,4 +176,4 @@ class DownloadStage:
         if todo:  # wall time of the batch (fetches overlap), shared by the rows it fetched
             seconds[todo] = (time.perf_counter() - start) / len(todo)
         out["_seconds_download"] = seconds
-        return out
+        return as_table(out)

@@ -10,11 +10,12 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from model.scoring import score_captions
 from pipelines.bootstrap.model_stage import CheckpointStage, busy_seconds
-from pipelines.bootstrap.schema import batch_len, object_column
+from pipelines.bootstrap.schema import as_table, batch_len, object_column
 from pipelines.bootstrap.settings import BootstrapSettings
 
 
@@ -40,7 +41,7 @@ class FilterStage(CheckpointStage):
         return web_kept, keep_decisions(syn_itm, self.settings.threshold, self.settings.keep)
 
     @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         start = time.perf_counter()
         n = batch_len(batch)
         cols: dict[str, list[Any]] = {
@@ -51,7 +52,7 @@ class FilterStage(CheckpointStage):
         rows, texts = [], []
         for i in self.ok_rows(batch):
             web = batch["web_caption"][i]
-            candidates = ([web] if web is not None else []) + list(batch["synthetic_captions"][i])
+            candidates = ([str(web)] if web is not None else []) + [str(c) for c in batch["synthetic_captions"][i]]
             if candidates:  # an image with no text at all has nothing to score
                 rows.append(i)
                 texts.append(candidates)
@@ -70,4 +71,4 @@ class FilterStage(CheckpointStage):
         out = dict(batch)
         out.update({name: object_column(values) for name, values in cols.items()})
         out["_seconds_filter"] = busy_seconds(n, rows, time.perf_counter() - start)
-        return out
+        return as_table(out)

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import ray.data
+from ray.data import ActorPoolStrategy
 
 from pipelines.bootstrap.caption_stage import CaptionStage
 from pipelines.bootstrap.download_stage import DownloadStage
@@ -36,7 +37,7 @@ def build_graph(shards: list[WorkShard], settings: BootstrapSettings) -> ray.dat
                         batch_size=settings.download_batch_size, num_cpus=settings.download_cpus)
     model_resources = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.num_gpus_per_actor or None}
     ds = ds.map_batches(CaptionStage, fn_constructor_args=(settings,), batch_size=settings.batch_size,
-                        concurrency=settings.captioner_actors, **model_resources)
+                        compute=ActorPoolStrategy(size=settings.captioner_actors), **model_resources)
     ds = ds.map_batches(FilterStage, fn_constructor_args=(settings,), batch_size=settings.batch_size,
-                        concurrency=settings.filter_actors, **model_resources)
+                        compute=ActorPoolStrategy(size=settings.filter_actors), **model_resources)
     return ds

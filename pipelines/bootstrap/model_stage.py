@@ -22,7 +22,7 @@ def stage_device(num_gpus_per_actor: float) -> str:
     return "cuda" if num_gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
 
 
-def row_seed(seed: int, key: str) -> int:
+def key_seed(seed: int, key: str) -> int:
     """A stable per-row seed: the same (seed, key) gives the same captions on any worker, in any
     batch, after any resume (Python's hash() is salted per process, so sha256)."""
     digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()

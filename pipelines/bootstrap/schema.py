@@ -49,6 +49,42 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
+# Every column a row carries between stages. Stages return Arrow tables in this schema rather than
+# numpy dicts: Ray Data infers a type from numpy values, and turns a column that happens to be all
+# None in one batch (no image downloaded) into float NaN, which the next batch cannot join.
+STAGE_SCHEMA = pa.schema(
+    list(WORK_SCHEMA)
+    + [f for f in OUTPUT_SCHEMA if f.name not in WORK_SCHEMA.names]
+    + [pa.field(f"_seconds_{stage}", pa.float64()) for stage in ("download", "caption", "filter")]
+)
+
+
+def _clean(value: Any) -> Any:
+    """A value from a Ray numpy batch back to plain Python: NaN -> None (Ray reads a null int as
+    NaN), numpy scalars and arrays -> Python scalars and lists."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, np.ndarray):
+        return [_clean(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    return value
+
+
+def as_table(columns: dict[str, Any]) -> pa.Table:
+    """The stage's output columns (those of STAGE_SCHEMA present) as a typed Arrow table."""
+    fields = [f for f in STAGE_SCHEMA if f.name in columns]
+    arrays = []
+    for f in fields:
+        values = [_clean(v) for v in columns[f.name]]
+        if pa.types.is_integer(f.type):
+            values = [None if v is None else int(v) for v in values]
+        arrays.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
 def object_column(values: list[Any]) -> np.ndarray:
     """A 1-D object array holding `values` as they are (lists stay lists, None stays None).
 

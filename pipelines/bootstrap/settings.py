@@ -65,9 +65,10 @@ class BootstrapSettings(BaseModel):
     decoding: Literal["nucleus", "beam"] = Field("nucleus", description="Nucleus sampling or beam search.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
-    min_length: int = Field(5, ge=0, le=512, description="Minimum caption length (tokens).")
-    max_length: int = Field(30, ge=1, le=512, description="Maximum caption length (tokens).")
-    repetition_penalty: float = Field(1.1, ge=1, le=10, description="Penalty on repeated tokens.")
+    min_length: int = Field(10, ge=0, le=512, description="Tokens before a caption may end, prompt included.")
+    max_length: int = Field(30, ge=2, le=512, description="Tokens at most, prompt included.")
+    repetition_penalty: float | None = Field(None, ge=1, le=10, description="Penalty on repeated tokens; "
+                                                                           "default BLIP's: 1.1 nucleus, 1.0 beam.")
     num_beams: int = Field(3, ge=1, le=64, description="Beams for --decoding beam.")
     prompt: str = Field("a picture of ", description="Text the captioner continues.")
     seed: int = Field(0, ge=0, description="A caption depends only on (seed, row key).")
@@ -84,6 +85,9 @@ class BootstrapSettings(BaseModel):
     def _coherent(self) -> "BootstrapSettings":
         if self.min_length > self.max_length:
             raise ValueError(f"min_length {self.min_length} exceeds max_length {self.max_length}")
+        if self.decoding == "beam" and self.num_beams < self.num_captions:
+            raise ValueError(f"beam search gives at most num_beams ({self.num_beams}) captions, "
+                             f"asked for {self.num_captions}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
         return self
