@@ -84,16 +84,18 @@ def decoded_dataset(pairs, image_size: int):
     return pairs.map_batches(DecodeImages(image_size), batch_format="numpy", udf_modifying_row_count=True)
 
 
-def count_pairs(pairs, sources: Sequence[Source]) -> int:
-    """Number of pairs; fails with DataError if there are none (before training starts)."""
-    n = pairs.count()
-    if n == 0:
+def scan_pairs(pairs, sources: Sequence[Source], caption_limit: int = 0) -> tuple[int, list[str]]:
+    """One pass over the captions: the number of pairs, and the first `caption_limit` captions
+    (to train a tokenizer for a model started from scratch). DataError when there are none,
+    before any training starts."""
+    count, captions = 0, []
+    for batch in pairs.select_columns(["caption"]).iter_batches(batch_size=4096, batch_format="numpy"):
+        column = batch["caption"]
+        count += len(column)
+        if len(captions) < caption_limit:
+            captions += [str(c) for c in column[: caption_limit - len(captions)]]
+    if count == 0:
         names = ", ".join(s.path for s in sources)
         raise DataError(f"data: no (image, caption) pairs in {names} "
                         "(no rows with status ok, a kept caption and a readable image)")
-    return n
-
-
-def sample_captions(pairs, limit: int) -> list[str]:
-    """Up to `limit` captions (to train a tokenizer for a model started from scratch)."""
-    return [str(row["caption"]) for row in pairs.select_columns(["caption"]).take(limit)]
+    return count, captions

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipelines.train.data import DataError, count_pairs, decoded_dataset, pair_dataset, resolve_sources, sample_captions
+from pipelines.train.data import DataError, decoded_dataset, pair_dataset, resolve_sources, scan_pairs
 from pipelines.train.metrics import read_metrics
 from pipelines.train.optim import steps_per_epoch as steps_per_epoch_of
 from pipelines.train.settings import TrainSettings
@@ -47,7 +47,7 @@ def ensure_ray(settings: TrainSettings) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False)
 
 
-def prepare_init(settings: TrainSettings, pairs) -> Path:
+def prepare_init(settings: TrainSettings, captions: list[str]) -> Path:
     """The checkpoint the workers start from: --init, or a fresh model of --preset whose
     tokenizer is trained on the data's captions (kept in OUTPUT/init, reused on resume)."""
     if settings.init is not None:
@@ -63,7 +63,7 @@ def prepare_init(settings: TrainSettings, pairs) -> Path:
     from model.tokenizer import train_wordpiece
 
     base = preset(settings.preset)
-    tokenizer = train_wordpiece(sample_captions(pairs, TOKENIZER_SAMPLE), vocab_size=base.vocab_size)
+    tokenizer = train_wordpiece(captions, vocab_size=base.vocab_size)
     config = base.replace(vocab_size=tokenizer.vocab_size, tokens=tokenizer.ids,
                           image_size=settings.image_size or base.image_size)
     torch.manual_seed(settings.seed)
@@ -82,13 +82,14 @@ def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = Non
     sources = resolve_sources(settings.data)  # DataError on a bad path, before Ray starts
     ensure_ray(settings)
     pairs = pair_dataset(sources)
-    num_pairs = count_pairs(pairs, sources)  # DataError when there are none
+    fresh = settings.init is None and not (settings.output / INIT_DIR / "config.json").is_file()
+    num_pairs, captions = scan_pairs(pairs, sources, TOKENIZER_SAMPLE if fresh else 0)  # DataError when none
     per_step = settings.batch_size * settings.num_workers
     if num_pairs < per_step:
         raise DataError(f"data: {num_pairs} pairs is less than one step needs "
                    f"(batch_size {settings.batch_size} x num_workers {settings.num_workers} = {per_step})")
     settings.output.mkdir(parents=True, exist_ok=True)
-    init = prepare_init(settings, pairs)
+    init = prepare_init(settings, captions)
     from model.checkpoint import load_checkpoint
 
     image_size = settings.image_size or load_checkpoint(init).config.image_size

@@ -70,10 +70,13 @@ def _maybe_inject_fault(config: dict[str, Any], output: Path, rank: int, step: i
     fault = config.get("fault")
     if not fault or rank != fault["rank"] or step != fault["step"]:
         return
-    marker = output / FAULT_MARKER
+    marker = output / f"{FAULT_MARKER}_step{step}"
     if marker.exists():
         return
     marker.write_text(str(step))
+    import ray.train
+
+    ray.train.get_all_reported_checkpoints()  # a crash after the last checkpoint has landed
     os._exit(1)  # a dead process, as a crashed or preempted worker is
 
 

@@ -20,7 +20,6 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
-from model.config import MEDConfig
 
 IMAGE_BYTE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "image_bytes")
 IMAGE_PATH_COLUMNS = ("image_path", "file", "file_name", "filepath", "image_file")
@@ -149,13 +148,20 @@ def rows_to_pairs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "image_key": np.asarray(keys, dtype=object)}
 
 
+def _rgb(image: Image.Image) -> Image.Image:
+    """RGB with transparency composited onto white, as model/preprocess.py's to_rgb does (not
+    imported: it would pull transformers into every Ray Data task process)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def decode_image(data: bytes, size: int) -> np.ndarray | None:
     """Encoded image -> (size, size, 3) uint8, bicubic like model/preprocess.py; None if undecodable."""
-    from model.preprocess import to_rgb
-
     try:
         with Image.open(io.BytesIO(data)) as image:
-            rgb = to_rgb(image)
+            rgb = _rgb(image)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), resample=Image.Resampling.BICUBIC)
             return np.asarray(rgb, dtype=np.uint8)
@@ -177,7 +183,3 @@ class DecodeImages:
         return {"image": images,
                 "caption": np.asarray([batch["caption"][i] for i in keep], dtype=object),
                 "image_key": np.asarray([batch["image_key"][i] for i in keep], dtype=object)}
-
-
-def image_size_for(config: MEDConfig, requested: int | None) -> int:
-    return requested or config.image_size

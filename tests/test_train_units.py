@@ -1,0 +1,235 @@
+"""Training pieces without Ray: schedule, optimiser groups, augmentation, pairs, checkpoint state, data errors."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.train.augment import collate, image_id, random_resized_crop
+from pipelines.train.data import DataError, resolve_source, resolve_sources
+from pipelines.train.optim import lr_at, make_optimizer, make_scheduler, parameter_groups, total_steps
+from pipelines.train.pairs import decode_image, rows_to_pairs
+from pipelines.train.settings import TrainSettings
+
+
+def jpeg(colour=(200, 30, 30), size=24) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def objects(values) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+# ---- schedule and optimiser -------------------------------------------------------------------
+def test_warmup_then_cosine_decay():
+    kw = dict(lr=1e-3, min_lr=1e-6, warmup_steps=10, total_steps=110, decay="cosine")
+    lrs = [lr_at(s, **kw) for s in range(111)]
+    assert lrs[0] == pytest.approx(1e-6)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # rises through warm-up
+    assert lrs[10] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then only falls
+    assert lrs[110] == pytest.approx(1e-6)
+    assert lr_at(60, **kw) == pytest.approx((1e-3 + 1e-6) / 2, rel=1e-6)  # half-way of the cosine
+
+
+def test_linear_and_constant_decay():
+    kw = dict(lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=10)
+    assert lr_at(5, decay="linear", **kw) == pytest.approx(0.5)
+    assert lr_at(9, decay="constant", **kw) == pytest.approx(1.0)
+
+
+def test_scheduler_state_resumes_the_schedule():
+    model = torch.nn.Linear(4, 4)
+    kw = dict(lr=1e-2, min_lr=1e-5, warmup_steps=3, total_steps=20, decay="cosine")
+    opt = make_optimizer(model, 1e-2)
+    sched = make_scheduler(opt, **kw)
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    opt2 = make_optimizer(model, 1e-2)
+    sched2 = make_scheduler(opt2, **kw)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert opt2.param_groups[0]["lr"] == pytest.approx(lr_at(7, **kw))
+
+
+def test_weight_decay_spares_biases_norms_and_temperature():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+            self.norm = torch.nn.LayerNorm(4)
+            self.temp = torch.nn.Parameter(torch.tensor(0.07))
+            self.shared = self.proj  # a shared module is counted once
+
+    decay, no_decay = parameter_groups(M(), 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) == 1  # proj.weight only
+    assert len(no_decay["params"]) == 4  # proj.bias, norm.weight, norm.bias, temp
+
+
+def test_total_steps_equal_per_worker():
+    assert total_steps(100, 8, 2, epochs=3, max_steps=None) == 6 * 3
+    assert total_steps(100, 8, 2, epochs=3, max_steps=5) == 5
+
+
+# ---- augmentation ------------------------------------------------------------------------------
+def test_crop_never_flips_left_and_right():
+    """A bright left half stays on the left under every crop the job can draw."""
+    images = torch.zeros(16, 3, 32, 32)
+    images[:, :, :, :16] = 1.0
+    out = random_resized_crop(images, 0.8, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    left, right = out[:, :, :, :8].mean(dim=(1, 2, 3)), out[:, :, :, -8:].mean(dim=(1, 2, 3))
+    assert bool((left > right).all())
+
+
+def test_crop_is_reproducible_from_the_generator_state():
+    images = torch.rand(4, 3, 16, 16)
+    g = torch.Generator().manual_seed(3)
+    state = g.get_state()
+    a = random_resized_crop(images, 0.5, g)
+    g.set_state(state)
+    assert torch.equal(a, random_resized_crop(images, 0.5, g))
+    assert torch.equal(random_resized_crop(images, 1.0, g), images)
+
+
+def test_collate_builds_the_step_batch():
+    from model.config import preset
+    from model.tokenizer import train_wordpiece
+
+    tok = train_wordpiece(["a red square on the left", "a blue circle"] * 5, vocab_size=64)
+    config = preset("tiny", image_size=24, vocab_size=tok.vocab_size, tokens=tok.ids)
+    batch = {"image": np.stack([decode_image(jpeg(), 24)] * 3), "caption": objects(["a red square", "a blue circle", "a red square"]),
+             "image_key": objects(["x", "y", "x"])}
+    out = collate(batch, config=config, tokenizer=tok, max_text_len=16, generator=None, crop_scale_min=1.0,
+                  prefix="a picture of ")
+    assert out["pixel_values"].shape == (3, 3, 24, 24)
+    assert out["input_ids"].shape[0] == 3 and out["attention_mask"].shape == out["input_ids"].shape
+    ids = out["image_ids"].tolist()
+    assert ids[0] == ids[2] != ids[1] and ids[0] == image_id("x") >= 0
+
+
+# ---- pairs ------------------------------------------------------------------------------------
+def test_bootstrap_rows_give_one_pair_per_kept_caption():
+    batch = {
+        "key": objects(["a", "b", "c"]),
+        "status": objects(["ok", "download_error", "ok"]),
+        "web_caption": objects(["web a", "web b", "web c"]),
+        "web_kept": np.array([True, True, False]),
+        "synthetic_captions": objects([["s1", "s2"], [], ["s3", "s4"]]),
+        "synthetic_kept": objects([[False, True], [], [True, True]]),
+        "image": objects([jpeg(), None, jpeg()]),
+    }
+    out = rows_to_pairs(batch)
+    assert list(out["caption"]) == ["web a", "s2", "s3", "s4"]
+    assert list(out["image_key"]) == ["a", "a", "c", "c"]
+
+
+def test_world_split_rows_read_image_paths_relative_to_the_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "x.jpg").write_bytes(jpeg())
+    batch = {"image_id": objects(["x", "x", "y"]), "image": objects(["images/x.jpg", "images/x.jpg", "images/missing.jpg"]),
+             "caption": objects(["one", "two", "three"]), "path": objects([str(tmp_path / "split.parquet")] * 3)}
+    out = rows_to_pairs(batch)
+    assert list(out["caption"]) == ["one", "two"]  # the unreadable image drops its pair
+    assert out["image"][0] == jpeg()
+
+
+def test_webdataset_rows_one_caption_per_line_and_img2dataset_status():
+    batch = {"__key__": objects(["0", "1", "2"]), "jpg": objects([jpeg(), jpeg(), jpeg()]),
+             "txt": objects([b"first\nsecond\n", b"third", b"fourth"]),
+             "json": objects([b'{"status": "success"}', b'{"status": "success"}', b'{"status": "failed_to_download"}'])}
+    out = rows_to_pairs(batch)
+    assert list(out["caption"]) == ["first", "second", "third"]
+
+
+def test_undecodable_image_is_none():
+    assert decode_image(b"not an image", 16) is None
+    assert decode_image(jpeg(size=40), 16).shape == (16, 16, 3)
+
+
+# ---- data errors before training -------------------------------------------------------------------
+def test_bad_paths_fail_with_the_path_named(tmp_path):
+    with pytest.raises(DataError, match="path not found: .*nowhere"):
+        resolve_sources([str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no Parquet or WebDataset"):
+        resolve_source(str(tmp_path / "empty"))
+    (tmp_path / "notes.csv").write_text("x")
+    with pytest.raises(DataError, match="neither a .parquet"):
+        resolve_source(str(tmp_path / "notes.csv"))
+
+
+def test_source_kinds(tmp_path):
+    boot = tmp_path / "boot"
+    (boot / "parquet").mkdir(parents=True)
+    (boot / "webdataset").mkdir()
+    pq.write_table(pa.table({"key": ["a"]}), boot / "parquet" / "part-0.parquet")
+    (boot / "webdataset" / "00000.tar").write_bytes(b"")
+    assert resolve_source(str(boot)).kind == "parquet"  # bootstrap: the side with the kept flags
+    i2d = tmp_path / "i2d"
+    i2d.mkdir()
+    (i2d / "00000.tar").write_bytes(b"")
+    pq.write_table(pa.table({"key": ["a"]}), i2d / "00000.parquet")
+    assert resolve_source(str(i2d)).kind == "webdataset"  # img2dataset: the shards hold the images
+
+
+def test_settings_refuse_fine_tune_without_init(tmp_path):
+    with pytest.raises(ValueError, match="starts from a checkpoint"):
+        TrainSettings(task="caption", data=["x"], output=tmp_path)
+    with pytest.raises(ValueError, match="checkpoint folder not found"):
+        TrainSettings(task="filter", data=["x"], output=tmp_path, init=tmp_path / "none")
+
+
+# ---- checkpoint state ----------------------------------------------------------------------------
+def test_train_state_round_trip(tmp_path):
+    from model.config import preset
+    from model.med import MED
+    from model.tokenizer import train_wordpiece
+    from pipelines.train.state import Progress, load_rng, load_train_state, save_rng, save_train_state
+    from pipelines.train.step import build_task
+
+    tok = train_wordpiece(["a red square on the left"] * 5, vocab_size=64)
+    config = preset("tiny", image_size=16, vocab_size=tok.vocab_size, tokens=tok.ids,
+                    vision_layers=1, text_layers=1)
+    settings = TrainSettings(data=["x"], output=tmp_path, queue_size=8)
+    task = build_task(settings, MED(config), tok)
+    opt = make_optimizer(task, 1e-3)
+    sched = make_scheduler(opt, lr=1e-3, min_lr=1e-6, warmup_steps=2, total_steps=10, decay="cosine")
+    opt.step()
+    sched.step()
+    task.momentum.queue_ptr.fill_(5)
+    g = torch.Generator().manual_seed(1)
+    save_train_state(tmp_path, task=task, tokenizer=tok, optimizer=opt, scheduler=sched,
+                     progress=Progress(epoch=1, step=7, step_in_epoch=3, samples=56), settings_json={})
+    save_rng(tmp_path, 0, {"augment": g})
+    expected = torch.rand(3, generator=g)
+
+    from model.checkpoint import load_checkpoint
+
+    task2 = build_task(settings, load_checkpoint(tmp_path / "model").med, tok)
+    opt2 = make_optimizer(task2, 1e-3)
+    sched2 = make_scheduler(opt2, lr=1e-3, min_lr=1e-6, warmup_steps=2, total_steps=10, decay="cosine")
+    progress = load_train_state(tmp_path, task=task2, optimizer=opt2, scheduler=sched2)
+    assert progress == Progress(epoch=1, step=7, step_in_epoch=3, samples=56)
+    assert int(task2.momentum.queue_ptr) == 5
+    assert sched2.last_epoch == 1
+    g2 = torch.Generator()
+    assert load_rng(tmp_path, 0, {"augment": g2}) and torch.equal(torch.rand(3, generator=g2), expected)
+    assert not load_rng(tmp_path, 1, {"augment": g2})
+    for a, b in zip(task.med.state_dict().values(), task2.med.state_dict().values()):
+        assert torch.equal(a, b)
+    assert json.loads((tmp_path / "progress.json").read_text())["step"] == 7
