@@ -1,0 +1,186 @@
+"""Caption generation: settings, per-row seeds, K captions, KV cache, lengths, sampling rules."""
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from model.config import TokenIds
+from model.generation import (
+    GenerationSettings, _nucleus_pick, _penalize_repeats, decoder_prefix, generate_captions, row_seed,
+)
+from model.med import MED
+from tests.model_helpers import jitter, pixels, small_config, tiny_tokenizer
+
+SHORT = dict(min_length=14, max_length=24)  # the tiny tokenizer spells "picture": the prompt takes 11
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads, and a busy machine makes them much slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def med(tok):
+    torch.manual_seed(0)
+    model = MED(small_config(tok))
+    jitter(model, scale=0.2)  # a random init barely looks at the image; noise makes rows differ
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def images(med):
+    return pixels(med.config, batch=8, seed=3)
+
+
+class IdTokenizer:
+    """Decodes to the ids themselves, so that tests can count and read tokens."""
+
+    def __init__(self, tokens: TokenIds):
+        self.tokens = tokens
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return [self.tokens.cls] + [10 + len(word) for word in text.split()]
+
+    def decode(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
+# ---- settings ------------------------------------------------------------------------------------
+def test_settings_are_frozen_validated_and_follow_blip_defaults():
+    s = GenerationSettings()
+    assert (s.decoding, s.top_p, s.max_length, s.min_length, s.prompt) == ("nucleus", 0.9, 30, 10, "a picture of ")
+    assert s.penalty == 1.1 and GenerationSettings(decoding="beam").penalty == 1.0
+    assert GenerationSettings(repetition_penalty=1.3).penalty == 1.3
+    with pytest.raises(ValidationError):
+        s.top_p = 0.5  # type: ignore[misc]
+    for bad in (dict(top_p=0.0), dict(top_p=1.5), dict(temperature=0), dict(num_captions=0),
+                dict(repetition_penalty=0.9), dict(min_length=20, max_length=10),
+                dict(decoding="beam", num_beams=2, num_captions=3), dict(decoding="greedy"), dict(topp=0.9)):
+        with pytest.raises(ValidationError):
+            GenerationSettings(**bad)
+
+
+def test_prefix_puts_dec_in_place_of_cls(tok):
+    prefix = decoder_prefix(tok, "a picture of ", tok.ids)
+    assert prefix[0] == tok.ids.dec and tok.ids.cls not in prefix and tok.ids.sep not in prefix
+    assert decoder_prefix(tok, "", tok.ids) == [tok.ids.dec]
+
+
+def test_bad_calls_fail_before_any_work(med, tok, images):
+    with pytest.raises(ValueError, match="one seed per image"):
+        generate_captions(med, tok, images, [1, 2], GenerationSettings(**SHORT))
+    with pytest.raises(ValueError, match="positions"):
+        generate_captions(med, tok, images, list(range(8)), GenerationSettings(max_length=100))
+    assert generate_captions(med, tok, images[:0], [], GenerationSettings(**SHORT)) == []
+
+
+# ---- per-row seeds and K captions ----------------------------------------------------------------
+@pytest.mark.parametrize("decoding", ["nucleus", "beam"])
+def test_a_rows_captions_do_not_depend_on_its_batch(med, tok, images, decoding):
+    settings = GenerationSettings(decoding=decoding, num_captions=2, **SHORT)
+    seeds = [101, 7, 7, 55, 3, 8, 13, 21]
+    together = generate_captions(med, tok, images, seeds, settings)
+    alone = [generate_captions(med, tok, images[i : i + 1], [seeds[i]], settings)[0] for i in range(8)]
+    order = [5, 2, 7, 0, 3, 1, 6, 4]
+    shuffled = generate_captions(med, tok, images[order], [seeds[i] for i in order], settings)
+    assert together == alone
+    assert [shuffled[order.index(i)] for i in range(8)] == together
+    assert len({c for caps in together for c in caps}) > 2  # the rows really differ
+
+
+def test_k_captions_per_image_each_from_its_own_stream(med, tok, images):
+    seeds = list(range(8))
+    three = generate_captions(med, tok, images, seeds, GenerationSettings(num_captions=3, **SHORT))
+    assert [len(caps) for caps in three] == [3] * 8
+    assert all(len(set(caps)) > 1 for caps in three)
+    # caption k depends on (seed, k) only, not on how many captions were asked for
+    two = generate_captions(med, tok, images, seeds, GenerationSettings(num_captions=2, **SHORT))
+    assert [caps[:2] for caps in three] == two
+    other = generate_captions(med, tok, images, [s + 1000 for s in seeds], GenerationSettings(num_captions=2, **SHORT))
+    assert other != two
+    assert row_seed(1, 0) != row_seed(0, 1) and row_seed(5, 2) == row_seed(5, 2)
+
+
+def test_beam_returns_its_best_hypotheses_in_order(med, tok, images):
+    settings = GenerationSettings(decoding="beam", num_beams=4, num_captions=4, **SHORT)
+    caps = generate_captions(med, tok, images[:2], [0, 0], settings)
+    assert [len(c) for c in caps] == [4, 4] and all(len(set(c)) == 4 for c in caps)
+    best = generate_captions(med, tok, images[:2], [0, 0], settings.model_copy(update={"num_captions": 1}))
+    assert [c[:1] for c in caps] == best
+
+
+# ---- KV cache ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "settings",
+    [
+        GenerationSettings(decoding="beam", num_beams=1, **SHORT),  # greedy
+        GenerationSettings(decoding="beam", num_beams=3, num_captions=2, **SHORT),
+        GenerationSettings(num_captions=2, **SHORT),
+    ],
+    ids=["greedy", "beam", "nucleus"],
+)
+def test_cache_and_full_recompute_give_the_same_captions(med, tok, images, settings):
+    seeds = list(range(8))
+    cached = generate_captions(med, tok, images, seeds, settings, use_cache=True)
+    assert cached == generate_captions(med, tok, images, seeds, settings, use_cache=False)
+
+
+# ---- lengths, prompt, eval mode ------------------------------------------------------------------
+def _biased(med: MED, token: int, bias: float) -> MED:
+    biased = MED(med.config)
+    biased.load_state_dict(med.state_dict())
+    with torch.no_grad():
+        biased.text_decoder.cls.predictions.decoder.bias[token] += bias
+    return biased.eval()
+
+
+@pytest.mark.parametrize("decoding", ["nucleus", "beam"])
+def test_min_and_max_length_count_the_whole_sequence(med, images, decoding):
+    ids = IdTokenizer(med.config.tokens)
+    prompt_len = len(decoder_prefix(ids, "a picture of ", med.config.tokens))
+    settings = GenerationSettings(decoding=decoding, **SHORT)
+    # [SEP] wanted at every step: the caption ends as soon as min_length allows
+    eager = generate_captions(_biased(med, med.config.tokens.sep, 50.0), ids, images[:2], [0, 1], settings)
+    assert all(len(c.split()) == settings.min_length - prompt_len for caps in eager for c in caps)
+    # [SEP] never wanted: the caption runs to max_length
+    endless = generate_captions(_biased(med, med.config.tokens.sep, -1e4), ids, images[:2], [0, 1], settings)
+    assert all(len(c.split()) == settings.max_length - prompt_len for caps in endless for c in caps)
+
+
+def test_prompt_is_stripped_and_model_mode_restored(med, images):
+    ids = IdTokenizer(med.config.tokens)
+    loud = _biased(med, 50, 1e3)  # token 50 wins every step, repetition penalty or not
+    loud.train()
+    caps = generate_captions(loud, ids, images[:1], [0], GenerationSettings(**SHORT))
+    prompt_len = len(decoder_prefix(ids, "a picture of ", med.config.tokens))
+    assert caps == [[" ".join(["50"] * (SHORT["max_length"] - prompt_len))]]
+    assert loud.training
+
+
+# ---- sampling rules ------------------------------------------------------------------------------
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    logits = torch.log(torch.tensor([[0.1, 0.4, 0.2, 0.3]])).expand(1000, -1)
+    u = torch.linspace(0, 1, 1001, dtype=torch.float64)[:-1]
+    picks = _nucleus_pick(logits, u, GenerationSettings(top_p=0.5))
+    counts = torch.bincount(picks, minlength=4)
+    assert counts[0] == counts[2] == 0  # 0.4 + 0.3 reach 0.5; the rest is cut
+    assert abs(counts[1] / 1000 - 4 / 7) < 0.01
+    assert (_nucleus_pick(logits, u, GenerationSettings(top_p=1e-6)) == 1).all()
+    assert (_nucleus_pick(logits, u, GenerationSettings(top_k=1, top_p=1.0)) == 1).all()
+    full = torch.bincount(_nucleus_pick(logits, u, GenerationSettings(top_p=1.0)), minlength=4) / 1000
+    assert torch.allclose(full, torch.tensor([0.1, 0.4, 0.2, 0.3]), atol=0.01)
+
+
+def test_repetition_penalty_is_transformers_rule():
+    scores = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    seqs = torch.tensor([[0, 1, 1]])
+    assert torch.allclose(_penalize_repeats(scores, seqs, 2.0), torch.tensor([[1.0, -4.0, 1.0, 0.5]]))
