@@ -173,6 +173,13 @@ def test_bad_paths_fail_with_the_path_named(tmp_path):
         resolve_source(str(tmp_path / "notes.csv"))
 
 
+def test_a_whole_toy_world_asks_for_a_split(tmp_path):
+    (tmp_path / "scenes.jsonl").write_text("")
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(DataError, match="name a split: .*human.parquet"):
+        resolve_source(str(tmp_path))
+
+
 def test_source_kinds(tmp_path):
     boot = tmp_path / "boot"
     (boot / "parquet").mkdir(parents=True)

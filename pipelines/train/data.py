@@ -7,7 +7,8 @@ that it streams into the Ray Train workers beside the training.
 
 Accepted paths:
   - bootstrap output: DIR with parquet/ (read, with the kept flags) and webdataset/;
-  - Parquet files, or folders of them (the toy world's splits, img2dataset's parquet output);
+  - Parquet files, or folders of them (the toy world's splits, e.g. WORLD/human.parquet, whose
+    image paths are relative to the file; img2dataset's parquet output);
   - WebDataset .tar files, or folders of them (img2dataset's webdataset output, bootstrap's).
 """
 
@@ -45,6 +46,9 @@ def resolve_source(path: str) -> Source:
         if p.suffix == ".tar":
             return Source(path, "webdataset", (str(p),))
         raise DataError(f"data: {path} is neither a .parquet nor a WebDataset .tar file")
+    if (p / "scenes.jsonl").is_file() and (p / "manifest.json").is_file():
+        raise DataError(f"data: {path} is a toy world, whose tables are not all training pairs; name a split: "
+                        f"{p / 'human.parquet'} (or val.parquet, test.parquet)")
     if (p / "parquet").is_dir():  # bootstrap output: the Parquet side carries the kept flags
         files = _files(p / "parquet", ".parquet")
         if files:

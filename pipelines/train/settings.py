@@ -22,12 +22,11 @@ TASK_LOSSES: dict[str, tuple[str, ...]] = {
 }
 
 
-class TrainSettings(BaseModel):
-    """Everything a training job needs; saved as settings.json beside its output."""
+class JobSettings(BaseModel):
+    """The flags every training command takes (`capfilt pretrain`, `capfilt finetune ...`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    task: Task = Field("pretrain", description="pretrain (ITC+ITM+LM), caption (LM) or filter (ITC+ITM).")
     data: list[str] = Field(min_length=1, description="Bootstrap output, toy-world split, img2dataset "
                                                       "output, Parquet or WebDataset files or folders.")
     output: Path = Field(description="Output folder; a job started again on it resumes.")
@@ -59,14 +58,37 @@ class TrainSettings(BaseModel):
     shuffle_buffer: int = Field(1000, ge=0, description="Rows in each worker's local shuffle buffer (0: off).")
 
     @model_validator(mode="after")
-    def _coherent(self) -> "TrainSettings":
-        if self.task != "pretrain" and self.init is None:
-            raise ValueError(f"init: a {self.task} fine-tune starts from a checkpoint (--init)")
+    def _coherent(self) -> "JobSettings":
         if self.init is not None and not self.init.is_dir():
             raise ValueError(f"init: checkpoint folder not found: {self.init}")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
         return self
+
+
+class FinetuneSettings(JobSettings):
+    """Fine-tunes start from a checkpoint, with a smaller learning rate (BLIP: 1e-5 for base;
+    the tiny model of the toy world takes more) and a short warm-up."""
+
+    init: Path = Field(description="Checkpoint folder to start from (a pre-trained model).")
+    lr: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps from min_lr to lr.")
+
+
+class TrainSettings(JobSettings):
+    """Everything a training job needs, its task included; saved as settings.json in its output."""
+
+    task: Task = Field("pretrain", description="pretrain (ITC+ITM+LM), caption (LM) or filter (ITC+ITM).")
+
+    @model_validator(mode="after")
+    def _fine_tune_needs_init(self) -> "TrainSettings":
+        if self.task != "pretrain" and self.init is None:
+            raise ValueError(f"init: a {self.task} fine-tune starts from a checkpoint (--init)")
+        return self
+
+    @classmethod
+    def for_task(cls, task: Task, job: JobSettings) -> "TrainSettings":
+        return cls.model_validate({**job.model_dump(), "task": task})
 
     @property
     def losses(self) -> tuple[str, ...]:

@@ -1,0 +1,197 @@
+"""Evaluation of a checkpoint on a split: zero-shot retrieval and captioning.
+
+Retrieval as BLIP's train_retrieval.py scores it: ITC similarity ranks every candidate, then the
+top k are re-ranked by ITM logit (matched) + ITC similarity. TR@K: share of images with one of
+their captions in the top K; IR@K: share of captions with their image in the top K.
+Captioning: BLEU-4 and CIDEr from pycocoevalcap (its PTB tokenizer runs on Java) against every
+reference caption of the image.
+
+A split is small (val, test): it is read on the driver with pyarrow, without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipelines.train.data import DataError, resolve_sources
+from pipelines.train.pairs import decode_image, rows_to_pairs
+from pipelines.train.settings import EvaluateSettings
+
+RECALL_AT = (1, 5, 10)
+
+
+@dataclass
+class Split:
+    keys: list[str]  # one per image
+    images: list[bytes]
+    captions: list[list[str]]  # references per image
+
+    @property
+    def texts(self) -> tuple[list[str], list[int]]:
+        """All captions, flat, and the image index of each."""
+        texts = [c for caps in self.captions for c in caps]
+        owner = [i for i, caps in enumerate(self.captions) for _ in caps]
+        return texts, owner
+
+
+def load_split(paths: Sequence[str], max_images: int | None = None) -> Split:
+    sources = resolve_sources(paths)
+    keys: list[str] = []
+    images: list[bytes] = []
+    captions: list[list[str]] = []
+    index: dict[str, int] = {}
+    for source in sources:
+        if source.kind != "parquet":
+            raise DataError(f"data: evaluation reads Parquet splits; {source.path} is WebDataset")
+        for file in source.files:
+            table = pq.read_table(file).to_pydict()
+            n = len(next(iter(table.values()))) if table else 0
+            batch = {k: _objects(v) for k, v in table.items()}
+            batch["path"] = _objects([file] * n)
+            pairs = rows_to_pairs(batch)
+            for image, caption, key in zip(pairs["image"], pairs["caption"], pairs["image_key"]):
+                if key not in index:
+                    if max_images is not None and len(keys) >= max_images:
+                        continue
+                    index[key] = len(keys)
+                    keys.append(key)
+                    images.append(image)
+                    captions.append([])
+                captions[index[key]].append(caption)
+    if not keys:
+        raise DataError(f"data: no (image, caption) pairs in {', '.join(paths)}")
+    return Split(keys, images, captions)
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def pixel_values(images: Sequence[bytes], config) -> torch.Tensor:
+    from pipelines.train.augment import normalise
+
+    arrays = []
+    for data in images:
+        array = decode_image(data, config.image_size)
+        if array is None:
+            raise DataError("data: an evaluation image cannot be decoded")
+        arrays.append(array)
+    return normalise(torch.from_numpy(np.stack(arrays)), config)
+
+
+@torch.inference_mode()
+def retrieval_scores(med, tokenizer, pixels: torch.Tensor, texts: list[str], k: int, batch_size: int = 64,
+                     max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i2t (N_img, N_txt), t2i (N_txt, N_img)) score matrices: ITM + ITC on each row's top k, -inf elsewhere."""
+    med.eval()
+    max_length = max_length or med.config.max_text_len
+    embeds, image_feat = [], []
+    for start in range(0, pixels.shape[0], batch_size):
+        e = med.encode_image(pixels[start : start + batch_size])
+        embeds.append(e)
+        image_feat.append(med.image_feature(e))
+    image_embeds, image_feat = torch.cat(embeds), torch.cat(image_feat)
+    ids, mask = tokenizer.encode(texts, max_length)
+    text_feat = torch.cat([med.text_feature(med.encode_text(ids[s : s + batch_size], mask[s : s + batch_size]))
+                           for s in range(0, len(texts), batch_size)])
+    sim = image_feat @ text_feat.t()  # (N_img, N_txt)
+
+    def rerank(sim_rows: torch.Tensor, pair: callable) -> torch.Tensor:
+        scores = torch.full_like(sim_rows, float("-inf"))
+        kk = min(k, sim_rows.shape[1])
+        for row in range(sim_rows.shape[0]):
+            top_sim, top = sim_rows[row].topk(kk)
+            image_index, text_index = pair(row, top)
+            logits = med.itm_logits(ids[text_index], mask[text_index], image_embeds[image_index])
+            scores[row, top] = logits[:, 1] + top_sim
+        return scores
+
+    i2t = rerank(sim, lambda row, top: (torch.full_like(top, row), top))
+    t2i = rerank(sim.t(), lambda row, top: (top, torch.full_like(top, row)))
+    return i2t, t2i
+
+
+def recall_at(i2t: torch.Tensor, t2i: torch.Tensor, owner: list[int]) -> dict[str, float]:
+    owner_t = torch.tensor(owner)
+    out: dict[str, float] = {}
+    # rank of the best-ranked ground-truth text of each image
+    order = i2t.argsort(dim=1, descending=True)
+    ranks_tr = []
+    for image in range(i2t.shape[0]):
+        positions = (owner_t[order[image]] == image).nonzero()
+        ranks_tr.append(int(positions.min()) if len(positions) else i2t.shape[1])
+    order_t = t2i.argsort(dim=1, descending=True)
+    ranks_ir = [int((order_t[t] == owner[t]).nonzero().min()) for t in range(t2i.shape[0])]
+    for k in RECALL_AT:
+        out[f"tr@{k}"] = float(np.mean([r < k for r in ranks_tr]))
+        out[f"ir@{k}"] = float(np.mean([r < k for r in ranks_ir]))
+    out["tr_mean"] = float(np.mean([out[f"tr@{k}"] for k in RECALL_AT]))
+    out["ir_mean"] = float(np.mean([out[f"ir@{k}"] for k in RECALL_AT]))
+    return out
+
+
+def generate(med, tokenizer, pixels: torch.Tensor, settings: EvaluateSettings, seeds: Sequence[int],
+             batch_size: int = 32) -> list[str]:
+    from model.generation import GenerationSettings, generate_captions
+
+    gen = GenerationSettings(
+        decoding="nucleus" if settings.decoding == "nucleus" else "beam",
+        num_beams=1 if settings.decoding == "greedy" else settings.num_beams,
+        top_p=settings.top_p, max_length=settings.max_length, min_length=settings.min_length, prompt=settings.prompt,
+    )
+    out: list[str] = []
+    for start in range(0, pixels.shape[0], batch_size):
+        rows = generate_captions(med, tokenizer, pixels[start : start + batch_size],
+                                 list(seeds[start : start + batch_size]), gen)
+        out += [r[0] for r in rows]
+    return out
+
+
+def caption_metrics(references: list[list[str]], hypotheses: list[str]) -> dict[str, float]:
+    """BLEU-4 and CIDEr (pycocoevalcap, PTB-tokenised) of one hypothesis per image."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": c} for c in refs] for i, refs in enumerate(references)})
+    res = tokenizer.tokenize({i: [{"caption": h or "."}] for i, h in enumerate(hypotheses)})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    return {"bleu4": float(bleu[3]), "cider": float(cider)}
+
+
+def evaluate(settings: EvaluateSettings) -> dict:
+    from model.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(settings.checkpoint)
+    med, tokenizer = checkpoint.med, checkpoint.tokenizer
+    split = load_split(settings.data, settings.max_images)
+    pixels = pixel_values(split.images, med.config)
+    result: dict = {"checkpoint": str(settings.checkpoint), "sha256": checkpoint.sha256, "data": settings.data,
+                    "images": len(split.keys), "texts": sum(len(c) for c in split.captions)}
+    torch.manual_seed(settings.seed)
+    if "retrieval" in settings.tasks:
+        texts, owner = split.texts
+        i2t, t2i = retrieval_scores(med, tokenizer, pixels, texts, settings.k_test, settings.batch_size)
+        result["retrieval"] = {"k_test": settings.k_test, **recall_at(i2t, t2i, owner)}
+    if "caption" in settings.tasks:
+        from model.generation import row_seed
+
+        seeds = [row_seed(settings.seed, i) for i in range(len(split.keys))]
+        hypotheses = generate(med, tokenizer, pixels, settings, seeds, settings.batch_size)
+        result["caption"] = {"decoding": settings.decoding, **caption_metrics(split.captions, hypotheses),
+                             "examples": [{"key": k, "caption": h} for k, h in list(zip(split.keys, hypotheses))[:5]]}
+    if settings.output is not None:
+        settings.output.parent.mkdir(parents=True, exist_ok=True)
+        settings.output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
