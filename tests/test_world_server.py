@@ -95,6 +95,25 @@ def test_slow_urls_outlast_a_timeout_and_then_answer(served):
     assert time.monotonic() - started >= SLOW_SECONDS * 0.9
 
 
+def test_many_concurrent_downloads_all_succeed(served):
+    # a downloader opens many connections at once; none of the rows meant to work may fail
+    from concurrent.futures import ThreadPoolExecutor
+
+    world, server = served
+    urls = [r["url"] for r in rows_by_fetch(world, server.base_url)["ok"]]
+    with ThreadPoolExecutor(64) as pool:
+        statuses = list(pool.map(lambda u: get(u, timeout=5)[0], urls))
+    assert statuses == [200] * len(urls)
+
+
+def test_key_from_url(served):
+    from capfilt.world.layout import key_from_url
+
+    world, server = served
+    assert [key_from_url(u) for u in world.urls(server.base_url)["url"].to_pylist()] == \
+        world.table("web")["key"].to_pylist()
+
+
 def test_unknown_paths_and_wrong_extensions_are_404(served):
     world, server = served
     key = "w0000000"

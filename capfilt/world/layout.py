@@ -54,3 +54,9 @@ def clip_frame_relpath(clip_id: str, frame: int) -> str:
 def web_url(base_url: str, key: str, fmt: str) -> str:
     """The URL of a web image; the server maps the path `/web/<key>.<fmt>` back to its file."""
     return f"{base_url.rstrip('/')}/web/{key}.{fmt}"
+
+
+def key_from_url(url: str) -> str:
+    """The web key a URL was made from, whatever base URL it points at. img2dataset reserves a
+    column named `key` for its own, so its output is joined back to the labels this way."""
+    return url.rsplit("/", 1)[-1].split(".", 1)[0]
