@@ -1,0 +1,176 @@
+"""Reading a bootstrap output folder's scores and a labels file, and joining them on key.
+
+Scores: `DIR/parquet/*.parquet` as `pipelines/bootstrap` writes them (one row per input row).
+Labels: a table with `key` and either `noise` (the toy world's web_labels: "correct" is clean,
+any other kind is noise) or `clean` (bool); Parquet, CSV or JSON lines, or a toy world folder
+(its web_labels.parquet). Every row that cannot take part is counted with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.json as pajson
+
+from capfilt.calibration.curve import CalibrationError
+
+OK = "ok"  # the bootstrap's status of a row that was downloaded, captioned and scored
+CLEAN_NOISE_KINDS = frozenset({"correct", "clean"})
+WORLD_LABELS = "web_labels.parquet"
+# What a report or a calibration needs of each row; the image bytes are read apart, for few rows.
+SCORE_COLUMNS = ("key", "status", "error", "web_caption", "web_itm", "web_kept",
+                 "synthetic_captions", "synthetic_itm", "synthetic_kept")
+
+
+def parquet_files(scores_dir: Path) -> list[Path]:
+    folder = Path(scores_dir) / "parquet"
+    if not Path(scores_dir).is_dir():
+        raise CalibrationError(f"{scores_dir}: no such folder (expected a bootstrap output folder)")
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        raise CalibrationError(f"{scores_dir}: no parquet/*.parquet files (is it a bootstrap output folder?)")
+    return files
+
+
+def read_scores(scores_dir: Path, columns: tuple[str, ...] = SCORE_COLUMNS) -> pa.Table:
+    """The bootstrap rows (without images), sorted by key."""
+    dataset = pads.dataset([str(p) for p in parquet_files(scores_dir)], format="parquet")
+    missing = [c for c in columns if c not in dataset.schema.names]
+    if missing:
+        raise CalibrationError(f"{scores_dir}: parquet files lack column(s) {', '.join(missing)}")
+    table = dataset.to_table(columns=list(columns))
+    return table.sort_by("key")
+
+
+def read_images(scores_dir: Path, keys: list[str]) -> dict[str, bytes]:
+    """key -> image bytes for the rows of `keys` that hold an image."""
+    if not keys:
+        return {}
+    dataset = pads.dataset([str(p) for p in parquet_files(scores_dir)], format="parquet")
+    table = dataset.to_table(columns=["key", "image"], filter=pads.field("key").isin(keys))
+    return {k: v for k, v in zip(table.column("key").to_pylist(), table.column("image").to_pylist()) if v}
+
+
+def read_manifest(scores_dir: Path) -> dict[str, Any]:
+    path = Path(scores_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_table(path: Path) -> pa.Table:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pads.dataset(str(path), format="parquet").to_table()
+        if suffix in (".csv", ".tsv"):
+            parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+            # keys like "00012" must stay text
+            convert = pacsv.ConvertOptions(column_types={"key": pa.string(), "noise": pa.string()})
+            return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            return pajson.read_json(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CalibrationError(f"{path}: cannot read labels: {exc}".replace("\n", " ")) from None
+    raise CalibrationError(f"{path}: labels must be .parquet, .csv, .tsv or .jsonl, or a toy world folder")
+
+
+@dataclass(frozen=True)
+class Labels:
+    """key -> (clean, noise kind)."""
+
+    clean: dict[str, bool]
+    noise: dict[str, str]
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+
+def read_labels(path: Path) -> Labels:
+    path = Path(path)
+    if path.is_dir():
+        if not (path / WORLD_LABELS).is_file():
+            raise CalibrationError(f"{path}: a folder given as labels must be a toy world (holding {WORLD_LABELS})")
+        path = path / WORLD_LABELS
+    elif not path.is_file():
+        raise CalibrationError(f"{path}: labels file not found")
+    table = _read_table(path)
+    names = table.column_names
+    if "key" not in names or not ({"noise", "clean"} & set(names)):
+        raise CalibrationError(f"{path}: labels need a 'key' column and a 'noise' or 'clean' column; "
+                               f"it has {', '.join(names) or 'none'}")
+    keys = [None if k is None else str(k) for k in table.column("key").to_pylist()]
+    if "clean" in names:
+        clean_values = table.column("clean").to_pylist()
+        if not all(isinstance(v, bool) for v in clean_values):
+            raise CalibrationError(f"{path}: the 'clean' column must hold true/false in every row")
+        noise_values = (table.column("noise").to_pylist() if "noise" in names
+                        else ["clean" if v else "noisy" for v in clean_values])
+    else:
+        noise_values = table.column("noise").to_pylist()
+        if any(v is None for v in noise_values):
+            raise CalibrationError(f"{path}: {sum(v is None for v in noise_values)} labels have no noise kind")
+        clean_values = [v in CLEAN_NOISE_KINDS for v in noise_values]
+    duplicates = [k for k, n in Counter(keys).items() if n > 1]
+    if None in keys or duplicates:
+        raise CalibrationError(f"{path}: every label needs one unique key "
+                               f"({keys.count(None)} empty, {len(duplicates)} repeated, e.g. {duplicates[:3]})")
+    return Labels(clean=dict(zip(keys, clean_values)), noise=dict(zip(keys, map(str, noise_values))))
+
+
+@dataclass(frozen=True)
+class LabelledScores:
+    """Web caption scores joined to labels, and what was left out and why."""
+
+    keys: list[str]
+    scores: np.ndarray  # (N,) web ITM probability
+    clean: np.ndarray  # (N,) bool
+    noise: list[str]  # (N,) noise kind
+    rows: int  # bootstrap rows read
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    not_ok: dict[str, int] = field(default_factory=dict)  # status -> rows
+    labels_without_row: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows": self.rows, "used": len(self.keys), "clean": int(self.clean.sum()),
+                "noisy": int((~self.clean).sum()), "skipped": self.skipped, "not_ok_status": self.not_ok,
+                "labels_without_row": self.labels_without_row}
+
+
+SKIP_NOT_OK = "status not ok"
+SKIP_NO_LABEL = "no label"
+SKIP_NO_SCORE = "no web score"
+
+
+def join_labels(table: pa.Table, labels: Labels) -> LabelledScores:
+    """The rows of `table` (bootstrap rows) that are ok, labelled and scored, with skip counts."""
+    keys = table.column("key").to_pylist()
+    if not set(keys) & set(labels.clean):
+        raise CalibrationError(f"labels and scores share no keys: {len(keys)} scored rows (e.g. {keys[:2]}), "
+                               f"{len(labels)} labels (e.g. {list(labels.clean)[:2]})")
+    skipped: Counter[str] = Counter({SKIP_NOT_OK: 0, SKIP_NO_LABEL: 0, SKIP_NO_SCORE: 0})
+    not_ok: Counter[str] = Counter()
+    used_keys, scores, clean, noise = [], [], [], []
+    for key, status, itm in zip(keys, table.column("status").to_pylist(), table.column("web_itm").to_pylist()):
+        if status != OK:
+            skipped[SKIP_NOT_OK] += 1
+            not_ok[str(status)] += 1
+        elif key not in labels.clean:
+            skipped[SKIP_NO_LABEL] += 1
+        elif itm is None or itm != itm:  # an ok row without a web caption has nothing scored
+            skipped[SKIP_NO_SCORE] += 1
+        else:
+            used_keys.append(key)
+            scores.append(itm)
+            clean.append(labels.clean[key])
+            noise.append(labels.noise[key])
+    return LabelledScores(keys=used_keys, scores=np.asarray(scores, dtype=np.float64),
+                          clean=np.asarray(clean, dtype=bool), noise=noise, rows=len(keys),
+                          skipped=dict(skipped), not_ok=dict(sorted(not_ok.items())),
+                          labels_without_row=len(set(labels.clean) - set(keys)))

@@ -1,0 +1,34 @@
+"""`capfilt report`: one static, self-contained HTML page about a bootstrap output folder.
+
+    from capfilt.report import ReportSettings, write_report
+    path = write_report(ReportSettings(dir=out, labels=world))
+
+`rounds` calls `write_report` too, with the round's folder and its rounds.json.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from capfilt.report.data import ReportData, gather, read_rounds
+from capfilt.report.page import render
+from capfilt.report.settings import ReportSettings
+
+__all__ = ["ReportData", "ReportSettings", "build_report", "gather", "read_rounds", "render", "write_report"]
+
+
+def build_report(settings: ReportSettings) -> str:
+    """The page's HTML. Raises capfilt.calibration.CalibrationError on unreadable inputs."""
+    return render(gather(settings.dir, settings.labels, settings.rounds_path, settings.examples, settings.threshold))
+
+
+def write_report(settings: ReportSettings) -> Path:
+    """Writes the page (atomically: a reader never sees half of it) and returns its path."""
+    page = build_report(settings)
+    path = settings.output_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
