@@ -1,6 +1,5 @@
 """`capfilt world make | serve | urls` from the command line; bad values exit 2 with one line."""
 
-import json
 import subprocess
 import sys
 import urllib.request
@@ -22,7 +21,7 @@ def made(tmp_path_factory):
     return out
 
 
-def test_make_from_flags(made, capsys):
+def test_make_from_flags(made):
     world = World.load(made)
     assert world.settings.seed == 9 and world.settings.web_noise == 0.25 and world.settings.relations is False
     assert world.manifest["web_noise"]["correct"] == 15

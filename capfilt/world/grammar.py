@@ -134,7 +134,7 @@ def caption_text(caption: Caption) -> str:
 
 # ---------------------------------------------------------------- true captions
 
-def _full_np(obj: Obj, rng: random.Random, *, place: bool, size: bool = True) -> NounPhrase:
+def _full_np(obj: Obj, *, place: bool, size: bool = True) -> NounPhrase:
     return NounPhrase(size=obj.size if size else None, colour=obj.colour, shape=obj.shape,
                       place=cell_place(obj.col, obj.row) if place else None)
 
@@ -143,13 +143,13 @@ def _single_object_caption(scene: Scene, rng: random.Random) -> tuple[Clause, ..
     obj = scene.objects[0]
     roll = rng.random()
     if roll < 0.55:
-        np_ = _full_np(obj, rng, place=True)
+        np_ = _full_np(obj, place=True)
     elif roll < 0.75:
-        np_ = _full_np(obj, rng, place=False)
+        np_ = _full_np(obj, place=False)
     elif roll < 0.9:
-        np_ = _full_np(obj, rng, place=True, size=False)
+        np_ = _full_np(obj, place=True, size=False)
     else:
-        np_ = replace(_full_np(obj, rng, place=rng.random() < 0.5), quant="one")
+        np_ = replace(_full_np(obj, place=rng.random() < 0.5), quant="one")
     return (Clause(np_),)
 
 
@@ -167,23 +167,23 @@ def _multi_object_caption(scene: Scene, rng: random.Random, relations: bool) -> 
     kind = rng.choice(kinds)
     if kind == "relation":
         a, r, b = rng.choice(pairs)
-        return (Clause(_full_np(a, rng, place=False, size=rng.random() < 0.5), r,
-                       _full_np(b, rng, place=False, size=rng.random() < 0.5)),)
+        return (Clause(_full_np(a, place=False, size=rng.random() < 0.5), r,
+                       _full_np(b, place=False, size=rng.random() < 0.5)),)
     if kind == "count":
         noun = rng.choice(GENERIC_NOUNS)
         total = Clause(NounPhrase(quant=NUMBER_WORDS[len(objs)], noun=noun))
         if rng.random() < 0.5:
             return (total,)
-        return (total, Clause(_full_np(rng.choice(objs), rng, place=True)))
+        return (total, Clause(_full_np(rng.choice(objs), place=True)))
     if kind == "group":
         (colour, shape), n = max(groups.items(), key=lambda kv: kv[1])
         clause = Clause(NounPhrase(quant=NUMBER_WORDS[n], colour=colour, shape=shape))
         rest = [o for o in objs if (o.colour, o.shape) != (colour, shape)]
         if rest and rng.random() < 0.5:
-            return (clause, Clause(_full_np(rest[0], rng, place=False)))
+            return (clause, Clause(_full_np(rest[0], place=False)))
         return (clause,)
     with_place = rng.random() < 0.5
-    return tuple(Clause(_full_np(o, rng, place=with_place)) for o in objs)
+    return tuple(Clause(_full_np(o, place=with_place)) for o in objs)
 
 
 def true_caption(scene: Scene, rng: random.Random, *, relations: bool = True) -> Caption:
