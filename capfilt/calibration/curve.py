@@ -84,12 +84,12 @@ class CalibrationResult:
 def _checked(scores: Any, clean: Any) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     c = np.asarray(clean).reshape(-1)
+    if s.size == 0 and c.size == 0:
+        raise CalibrationError("no scored captions to calibrate on")
     if c.dtype != np.bool_:
         raise CalibrationError(f"clean must be a bool array, got dtype {c.dtype}")
     if s.shape != c.shape:
         raise CalibrationError(f"scores ({s.size}) and clean ({c.size}) differ in length")
-    if s.size == 0:
-        raise CalibrationError("no scored captions to calibrate on")
     if not np.all(np.isfinite(s)):
         raise CalibrationError(f"{int(np.sum(~np.isfinite(s)))} scores are NaN or infinite")
     return s, c
