@@ -7,6 +7,7 @@ extend `run_demo` with the whole bootstrapping round; each step is its own funct
 
 from __future__ import annotations
 
+import io
 import json
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from capfilt.settings_cli import run_app, settings_command
@@ -46,7 +48,12 @@ def fetch(url: str, timeout: float) -> str:
         return f"HTTP {exc.code}"
     except (TimeoutError, urllib.error.URLError) as exc:
         return "timeout" if "timed out" in str(exc) else f"error: {exc}"
-    return f"{kind} ({len(data)} bytes)"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return f"{kind}, {im.size[0]}x{im.size[1]} image"
+    except OSError:
+        return f"{kind} ({len(data)} bytes), not an image"
 
 
 def show_web(world: World, server: WorldServer, timeout: float) -> list[dict[str, Any]]:
@@ -87,7 +94,7 @@ def print_report(report: dict[str, Any]) -> None:
     print("  web URLs: " + ", ".join(f"{k} {v}" for k, v in report["web_fetch"].items()))
     print("served on loopback, fetched:")
     for f in report["fetched"]:
-        print(f"  {f['key']}  expected {f['expected']:<10} got {f['got']:<28} caption ({f['noise']}): {f['caption']!r}")
+        print(f"  {f['key']}  expected {f['expected']:<10} got {f['got']:<40} caption ({f['noise']}): {f['caption']!r}")
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
