@@ -107,22 +107,22 @@ def _image_for_page(data: bytes) -> tuple[bytes | None, str]:
         return None, ""
 
 
+def _interleave(*queues: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for depth in range(max((len(q) for q in queues), default=0)):
+        out += [q[depth] for q in queues if depth < len(q)]
+    return out
+
+
 def pick_examples(rows: list[dict[str, Any]], labels: Labels | None, n: int) -> list[dict[str, Any]]:
-    """`n` ok rows, taken in turn from each (noise kind, web kept) group, in key order within a group,
-    so that kept and dropped web captions, and every kind of noise, are shown."""
-    groups: dict[tuple[str, bool], list[dict[str, Any]]] = defaultdict(list)
+    """`n` ok rows: each noise kind in turn (when labelled), and within a kind dropped and kept web
+    captions in turn, in key order, so that the few examples shown cover what happened."""
+    kinds: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = defaultdict(lambda: ([], []))
     for row in rows:
         if row["status"] == OK:
             kind = labels.noise.get(row["key"], "unlabelled") if labels else ""
-            groups[(kind, bool(row["web_kept"]))].append(row)
-    order = sorted(groups)
-    picked: list[dict[str, Any]] = []
-    depth = 0
-    while len(picked) < n and any(depth < len(groups[g]) for g in order):
-        for g in order:
-            if depth < len(groups[g]) and len(picked) < n:
-                picked.append(groups[g][depth])
-        depth += 1
+            kinds[kind][bool(row["web_kept"])].append(row)
+    picked = _interleave(*(_interleave(*kinds[k]) for k in sorted(kinds)))[:n]
     return sorted(picked, key=lambda r: r["key"])
 
 

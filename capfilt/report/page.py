@@ -105,7 +105,8 @@ def _summary(data: ReportData) -> str:
 
 def _examples(data: ReportData) -> str:
     if not data.examples:
-        return _section("examples", "Examples", '<p class="note">No row was downloaded and scored.</p>')
+        why = "No row was downloaded and scored." if not data.status.get("ok") else "No examples asked for."
+        return _section("examples", "Examples", f'<p class="note">{why}</p>')
     intro = ('<p class="note">Each image with its web caption and its synthetic captions; '
              '<span class="caption kept">✓ green: kept</span> '
              '<span class="caption dropped">✗ red: dropped</span> by the filter, with the ITM probability.</p>')
