@@ -89,6 +89,21 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """No TF32 while generating. cuDNN convolutions (the ViT's patch embedding) default to TF32,
+    whose algorithm, and so rounding, depends on the batch size: on an H100 it moved the tiny
+    ViT's output by 1.5e-3 between a batch of 8 and batches of 1, enough to change sampled
+    captions. In full fp32 the difference is rounding noise (~1e-6) and a draw flips only if its
+    uniform lands that close to a CDF step."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def generate_captions(
     med: MED,
     tokenizer: PromptTokenizer,
@@ -113,7 +128,7 @@ def generate_captions(
         raise ValueError(f"max_length {settings.max_length} exceeds the model's {med.config.max_positions} positions")
     if pixel_values.shape[0] == 0:
         return []
-    with _eval_mode(med), torch.inference_mode():
+    with _eval_mode(med), _full_fp32(), torch.inference_mode():
         image_embeds = med.encode_image(pixel_values)  # (B, 1 + N, Dv), once per image
         decode = _beam_search if settings.decoding == "beam" else _nucleus
         rows = decode(med, image_embeds, prefix, list(seeds), settings, use_cache)
