@@ -17,6 +17,7 @@ import http.client
 import io
 import ipaddress
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -142,7 +143,9 @@ class DownloadStage:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
-            raise FetchError(DECODE_ERROR, f"cannot decode image: {exc}") from None
+            # drop object addresses ("<_io.BytesIO object at 0x7f..>"): the same input must give
+            # the same error text in every run, or a resumed run would differ
+            raise FetchError(DECODE_ERROR, re.sub(r" object at 0x[0-9a-f]+", "", f"cannot decode image: {exc}")) from None
         image, width, height, _, _, err = self.resizer(io.BytesIO(data))
         if err is not None or image is None:
             raise FetchError(DECODE_ERROR, err or "resize failed")

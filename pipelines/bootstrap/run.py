@@ -23,7 +23,7 @@ from pipelines.bootstrap.settings import BootstrapSettings
 from pipelines.bootstrap.shard_writer import OutputLayout, ShardWriter
 
 # Settings that change how the work runs but not what it produces; a resumed run may change them.
-OPERATIONAL = {"resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor", "cpus_per_actor",
+OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor", "cpus_per_actor",
                "batch_size", "download_threads", "download_batch_size", "download_cpus"}
 
 
