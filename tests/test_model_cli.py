@@ -79,3 +79,32 @@ def test_refusals(tiny_dir, tmp_path, capsys):
     assert "patch size" in capsys.readouterr().err
     assert main(["model", "info", str(tmp_path / "nothing")]) == 1
     assert "not a checkpoint" in capsys.readouterr().err
+
+
+def test_export_writes_folders_transformers_loads_with_the_same_scores(tiny_dir, tmp_path):
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
+
+    cap, fil = tmp_path / "captioner", tmp_path / "filter"
+    assert main(["model", "export", str(tiny_dir), "--captioner", str(cap), "--filter", str(fil)]) == 0
+    ck = load_checkpoint(tiny_dir)
+    ids, mask = ck.tokenizer.encode(["a small red circle on the left"], 32)
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        img = ck.med.encode_image(pixels)
+        ours_lm = ck.med.lm_logits(ids, mask, img)
+        ours_itm = ck.med.itm_logits(ids, mask, img)
+        hf_cap = BlipForConditionalGeneration.from_pretrained(cap).eval()
+        dec_ids = ids.clone()
+        dec_ids[:, 0] = ck.config.tokens.dec
+        theirs_lm = hf_cap(pixel_values=pixels, input_ids=dec_ids, attention_mask=mask).logits
+        hf_fil = BlipForImageTextRetrieval.from_pretrained(fil).eval()
+        enc_ids = ids.clone()
+        enc_ids[:, 0] = ck.config.tokens.enc  # the MED scores ITM with [ENC] first
+        theirs_itm = hf_fil(pixel_values=pixels, input_ids=enc_ids, attention_mask=mask).itm_score
+    assert (ours_lm - theirs_lm).abs().max() <= 1e-5
+    assert (ours_itm - theirs_itm).abs().max() <= 1e-5
+
+
+def test_export_without_a_target_is_refused(tiny_dir, capsys):
+    assert main(["model", "export", str(tiny_dir)]) == 1
+    assert "nothing to export" in capsys.readouterr().err

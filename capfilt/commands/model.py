@@ -39,6 +39,13 @@ class ModelInfoSettings(BaseModel):
     as_json: bool = Field(False, description="Print JSON instead of text.", json_schema_extra={"flag": "--json/--text"})
 
 
+class ModelExportSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    checkpoint: Path = Field(description="capfilt checkpoint folder to export.")
+    captioner: Path | None = Field(None, description="Write the captioner here as a transformers BlipForConditionalGeneration folder.")
+    filter: Path | None = Field(None, description="Write the filter here as a transformers BlipForImageTextRetrieval folder.")
+
+
 def toy_caption_corpus() -> list[str]:
     """Every word and phrase of the toy world's caption grammar, in sentences like its captions,
     plus the printable ASCII characters (so that junk web alt-text never maps to [UNK]).
@@ -126,6 +133,25 @@ def model_info(path: Path) -> dict[str, Any]:
     }
 
 
+def export_model(settings: ModelExportSettings) -> list[Path]:
+    """Export a checkpoint's captioner and/or filter to transformers' BLIP classes.
+
+    A capfilt checkpoint stores each shared tensor once, so transformers cannot read the folder
+    itself; these exports are the folders `from_pretrained` takes."""
+    from model.checkpoint import load_checkpoint
+    from model.hf_interop import export_captioner, export_filter
+
+    if settings.captioner is None and settings.filter is None:
+        raise ValueError("nothing to export: give --captioner DIR and/or --filter DIR")
+    ck = load_checkpoint(settings.checkpoint)
+    written = []
+    if settings.captioner is not None:
+        written.append(export_captioner(ck.med, ck.tokenizer, settings.captioner))
+    if settings.filter is not None:
+        written.append(export_filter(ck.med, ck.tokenizer, settings.filter))
+    return written
+
+
 def format_info(info: dict[str, Any]) -> str:
     p = info["parameters"]
     return "\n".join([
@@ -160,3 +186,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED)
         typer.echo(json.dumps(data, indent=2) if settings.as_json else format_info(data))
+
+    @settings_command(model_app, "export", ModelExportSettings, positional=["checkpoint"])
+    def export(settings: ModelExportSettings) -> None:
+        """Write the captioner and/or the filter as transformers BLIP folders."""
+        try:
+            written = export_model(settings)
+        except (ValueError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_FAILED)
+        for path in written:
+            typer.echo(f"wrote {path}")
