@@ -97,34 +97,29 @@ def test_pretrain_then_fine_tune_one_step_with_equal_replicas(pretrained, data, 
     assert load_checkpoint(tmp_path / "cap" / "model").extra["roles"] == ["captioner"]
 
 
-def test_worker_killed_mid_epoch_finishes_from_last_checkpoint(pretrained, data, tmp_path):
+def test_stopped_job_resumes_and_a_killed_worker_costs_no_finished_step(pretrained, data, tmp_path):
+    """A job stopped after its step-2 checkpoint is started again on the same folder; in that run
+    rank 1 dies mid-epoch after the step-4 checkpoint, and Ray Train restarts the workers from it.
+    48 pairs / (4 x 2) = 6 steps an epoch: everything happens inside epoch 0."""
     from pipelines.train.job import run_training
 
-    out = tmp_path / "killed"
-    # 48 pairs / (4 x 2) = 6 steps an epoch; rank 1 dies before step 4, after the step-2 checkpoint
-    result = run_training(settings(data, out, init=pretrained[0] / "model", max_failures=1, max_steps=5), fault={"rank": 1, "step": 4})
-    assert result["step"] == 5 and result["replicas_equal"] is True
-    records = read_metrics(out)
-    resumes = [r for r in records if r.get("event") == "resume"]
-    assert [r["step"] for r in resumes] == [2]
-    after = steps_logged(records[records.index(resumes[0]):])
-    assert after == [3, 4, 5]  # nothing at or before the checkpoint is trained again
-    assert steps_logged(records[: records.index(resumes[0])]) == [1, 2, 3]
-
-
-def test_stopped_job_resumes_when_started_again(pretrained, data, tmp_path):
-    from pipelines.train.job import run_training
-
-    out = tmp_path / "stopped"
+    out = tmp_path / "job"
+    job = settings(data, out, init=pretrained[0] / "model", max_steps=6)
     with pytest.raises(Exception):
-        run_training(settings(data, out, init=pretrained[0] / "model", max_steps=4), fault={"rank": 0, "step": 4})
+        run_training(job, fault={"rank": 0, "step": 4})  # no retries: the job stops
     assert not (out / "model").exists()
-    result = run_training(settings(data, out, init=pretrained[0] / "model", max_steps=4))
-    assert result["step"] == 4
-    records = read_metrics(out)
-    resume = [r for r in records if r.get("event") == "resume"]
-    assert [r["step"] for r in resume] == [2]
-    assert steps_logged(records[records.index(resume[0]):]) == [3, 4]
+    stopped = read_metrics(out)
+    assert steps_logged(stopped) == [1, 2, 3]
+
+    resilient = settings(data, out, init=pretrained[0] / "model", max_steps=6, max_failures=1)
+    result = run_training(resilient, fault={"rank": 1, "step": 6})
+    assert result["step"] == 6 and result["replicas_equal"] is True
+    records = read_metrics(out)[len(stopped):]
+    resumes = [i for i, r in enumerate(records) if r.get("event") == "resume"]
+    assert [records[i]["step"] for i in resumes] == [2, 4]  # the stopped job, then the killed worker
+    assert [records[i]["step_in_epoch"] for i in resumes] == [2, 4]
+    assert steps_logged(records[resumes[0]:resumes[1]]) == [3, 4, 5]  # step 5 was lost with the worker
+    assert steps_logged(records[resumes[1]:]) == [5, 6]  # nothing at or before a checkpoint again
 
 
 def test_bad_and_empty_data_fail_before_training(ray_local, tmp_path):

@@ -158,6 +158,11 @@ def generate(med, tokenizer, pixels: torch.Tensor, settings: EvaluateSettings, s
 
 def caption_metrics(references: list[list[str]], hypotheses: list[str]) -> dict[str, float]:
     """BLEU-4 and CIDEr (pycocoevalcap, PTB-tokenised) of one hypothesis per image."""
+    import shutil
+
+    if shutil.which("java") is None:
+        raise RuntimeError("captioning metrics need Java (pycocoevalcap's PTB tokenizer runs on it): "
+                           "install a JRE, e.g. `apt-get install openjdk-17-jre-headless`")
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer

@@ -151,6 +151,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_seed=settings.seed * 1_000_003 + epoch * 1009 + rank if settings.shuffle_buffer else None,
         )
         stopped = False
+        epoch_sums: dict[str, float] = {}
+        epoch_steps, epoch_meter = 0, Throughput()
         for index, raw in enumerate(batches):
             if progress.step >= total_steps:
                 stopped = True  # every worker stops at the same batch
@@ -167,6 +169,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.step_in_epoch += 1
             progress.samples += settings.batch_size * world
             meter.add(settings.batch_size * world)
+            epoch_meter.add(settings.batch_size * world)
+            epoch_steps += 1
+            for name, value in values.items():
+                epoch_sums[name] = epoch_sums.get(name, 0.0) + value
             if progress.step % settings.log_every == 0 or progress.step == total_steps:
                 values = _mean_over_ranks(values, device)
                 if log:
@@ -176,8 +182,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if stopped:
             break
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
+        means = _mean_over_ranks({k: v / max(1, epoch_steps) for k, v in epoch_sums.items()}, device)
         if log:
-            log.write({"event": "epoch_end", "epoch": epoch, "step": progress.step, "samples": progress.samples})
+            log.write({"event": "epoch_end", "epoch": epoch, "step": progress.step, "samples": progress.samples,
+                       **{f"mean_{k}": v for k, v in means.items()}, "samples_per_s": epoch_meter.rate()})
         save(epoch_end=True)
     if last_saved != progress.step:
         save(epoch_end=False)
