@@ -8,6 +8,7 @@ local instance for the run and stops it afterwards. A Ray already initialised by
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -57,12 +58,19 @@ def prepare_output(settings: BootstrapSettings, layout: OutputLayout, fingerprin
     state.write_text(json.dumps({"plan": fingerprint, "settings": _result_settings(settings)}))
 
 
-def _init_ray() -> bool:
+def _init_ray(settings: BootstrapSettings) -> bool:
     """Join or start Ray; True when this call started it (and must stop it)."""
     if ray.is_initialized():
         return False
-    address = os.environ.get("RAY_ADDRESS") or "local"  # "local": never join a stray cluster
-    ray.init(address=address, include_dashboard=False if address == "local" else None,
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    # A local instance gets at least the logical CPUs the graph asks for: each actor holds its
+    # CPUs for its lifetime, and on a small machine the download tasks would otherwise never
+    # find room and the graph would stall. ("local": never join a stray cluster.)
+    wanted = (settings.captioner_actors + settings.filter_actors) * settings.cpus_per_actor + settings.download_cpus
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
              log_to_driver=False)
     return True
 
@@ -77,7 +85,7 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True) -> dict[str
     pending = [s for s in shards if s.shard not in done]
     checkpoints = {"captioner": checkpoint_hash(settings.captioner), "filter": checkpoint_hash(settings.filter)}
     if pending:
-        started = _init_ray()
+        started = _init_ray(settings)
         try:
             writer = ShardWriter(layout, {s.shard: s.stop - s.start for s in pending})
             for batch in build_graph(pending, settings).iter_batches(batch_size=None, batch_format="pyarrow"):
