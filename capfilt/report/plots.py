@@ -83,9 +83,12 @@ def threshold_sweep(data: ReportData) -> str:
     pr_ax, kept_ax = fig.subplots(1, 2)
     curve: Curve | None = data.curve
     if curve is not None:
-        # the curve is exact at each score and flat up to the next one: a step plot says so
-        pr_ax.step(curve.thresholds, curve.precision, where="post", color=CLEAN_COLOUR, label="precision")
-        pr_ax.step(curve.thresholds, curve.recall, where="post", color=NOISY_COLOUR, label="recall")
+        # a threshold t keeps the same captions as the smallest score >= t: the value at each score
+        # holds from the score below it up to that score (a "pre" step), and from 0 to the lowest
+        xs = np.r_[0.0, curve.thresholds]
+        pr_ax.step(xs, np.r_[curve.precision[:1], curve.precision], where="pre", color=CLEAN_COLOUR,
+                   label="precision")
+        pr_ax.step(xs, np.r_[curve.recall[:1], curve.recall], where="pre", color=NOISY_COLOUR, label="recall")
         _threshold_line(pr_ax, data.threshold)
         pr_ax.set_title("web captions: precision and recall")
         pr_ax.legend(loc="lower left", fontsize=8)
