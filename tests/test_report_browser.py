@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import io
 import json
 import os
 import select
