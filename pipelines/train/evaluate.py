@@ -105,18 +105,24 @@ def retrieval_scores(med, tokenizer, pixels: torch.Tensor, texts: list[str], k: 
                            for s in range(0, len(texts), batch_size)])
     sim = image_feat @ text_feat.t()  # (N_img, N_txt)
 
-    def rerank(sim_rows: torch.Tensor, pair: callable) -> torch.Tensor:
+    def rerank(sim_rows: torch.Tensor, image_major: bool) -> torch.Tensor:
+        """ITM logit + ITC similarity on each row's top k; the pairs go through ITM in chunks."""
         scores = torch.full_like(sim_rows, float("-inf"))
         kk = min(k, sim_rows.shape[1])
-        for row in range(sim_rows.shape[0]):
-            top_sim, top = sim_rows[row].topk(kk)
-            image_index, text_index = pair(row, top)
-            logits = med.itm_logits(ids[text_index], mask[text_index], image_embeds[image_index])
-            scores[row, top] = logits[:, 1] + top_sim
+        top_sim, top = sim_rows.topk(kk, dim=1)  # (R, kk)
+        rows = torch.arange(sim_rows.shape[0]).repeat_interleave(kk)
+        cols = top.flatten()
+        image_index, text_index = (rows, cols) if image_major else (cols, rows)
+        logits = torch.cat([
+            med.itm_logits(ids[text_index[s : s + 256]], mask[text_index[s : s + 256]],
+                           image_embeds[image_index[s : s + 256]])[:, 1]
+            for s in range(0, len(rows), 256)
+        ])
+        scores[rows, cols] = logits + top_sim.flatten()
         return scores
 
-    i2t = rerank(sim, lambda row, top: (torch.full_like(top, row), top))
-    t2i = rerank(sim.t(), lambda row, top: (top, torch.full_like(top, row)))
+    i2t = rerank(sim, image_major=True)
+    t2i = rerank(sim.t(), image_major=False)
     return i2t, t2i
 
 
