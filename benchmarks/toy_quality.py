@@ -128,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter-steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--cpus-per-worker", type=float, default=float(os.cpu_count() or 1),
+                        help="Ray sets a worker's torch threads from its CPUs (default: every core to one worker).")
+    parser.add_argument("--pretrain-lr", type=float, default=3e-4)
+    parser.add_argument("--caption-lr", type=float, default=2e-4)
+    parser.add_argument("--filter-lr", type=float, default=1e-4)
     parser.add_argument("--eval-images", type=int, default=200)
     parser.add_argument("--filter-rows", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -163,23 +168,25 @@ def main(argv: list[str] | None = None) -> int:
         init = work / "init"
         if not (init / "config.json").is_file():
             init_model(ModelInitSettings(output=init, preset="tiny", seed=args.seed, overwrite=True))
-        ray.init(num_cpus=max(os.cpu_count() or 1, args.num_workers + 1), include_dashboard=False, log_to_driver=False)
-        common = dict(num_workers=args.num_workers, batch_size=args.batch_size, seed=args.seed,
+        ray.init(num_cpus=int(max(os.cpu_count() or 1, args.num_workers * args.cpus_per_worker + 1)),
+                 include_dashboard=False, log_to_driver=False)
+        common = dict(num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker,
+                      batch_size=args.batch_size, seed=args.seed,
                       log_every=20, checkpoint_every=100_000, keep_checkpoints=1, max_failures=0, epochs=1000)
         try:
             t = time.perf_counter()
             pre = run_training(TrainSettings(task="pretrain", data=[str(human), str(web)], output=work / "pretrain",
-                                             init=init, max_steps=args.pretrain_steps, lr=3e-4,
+                                             init=init, max_steps=args.pretrain_steps, lr=args.pretrain_lr,
                                              warmup_steps=min(100, args.pretrain_steps // 10), **common))
             timings["pretrain_s"] = time.perf_counter() - t
             t = time.perf_counter()
             cap = run_training(TrainSettings(task="caption", data=[str(human)], output=work / "caption",
-                                             init=Path(pre["model"]), max_steps=args.caption_steps, lr=1e-4,
+                                             init=Path(pre["model"]), max_steps=args.caption_steps, lr=args.caption_lr,
                                              warmup_steps=20, **common))
             timings["caption_s"] = time.perf_counter() - t
             t = time.perf_counter()
             fil = run_training(TrainSettings(task="filter", data=[str(human)], output=work / "filter",
-                                             init=Path(pre["model"]), max_steps=args.filter_steps, lr=1e-4,
+                                             init=Path(pre["model"]), max_steps=args.filter_steps, lr=args.filter_lr,
                                              warmup_steps=20, **common))
             timings["filter_s"] = time.perf_counter() - t
         finally:
@@ -196,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "toy_quality",
         "budget": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "num_workers": args.num_workers,
-                   "batch_size": args.batch_size, "pretrain_steps": pre.get("step"),
+                   "cpus_per_worker": args.cpus_per_worker, "batch_size": args.batch_size,
+                   "lr": {"pretrain": args.pretrain_lr, "caption": args.caption_lr, "filter": args.filter_lr},
+                   "pretrain_steps": pre.get("step"),
                    "caption_steps": cap.get("step"), "filter_steps": fil.get("step"),
                    **{k: round(v, 1) for k, v in timings.items()}},
         "world": {"web_pairs": len(web_rows), "human_size": args.human_size, "test_size": args.test_size},
