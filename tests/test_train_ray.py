@@ -134,3 +134,28 @@ def test_bad_and_empty_data_fail_before_training(ray_local, tmp_path):
     with pytest.raises(DataError, match="less than one step needs"):
         build_trainer(settings(few, tmp_path / "c"))
     assert not (tmp_path / "b" / "ray").exists()
+
+
+def test_webdataset_shards_and_parquet_give_the_same_pairs(ray_local, tmp_path):
+    """Bootstrap's WebDataset side (one kept caption per line of key.txt) reads as its Parquet side."""
+    import tarfile
+
+    from pipelines.train.data import pair_dataset, resolve_sources, scan_pairs
+
+    parquet = write_pairs(tmp_path / "boot" / "parquet" / "part-0.parquet", 6)
+    table = pq.read_table(parquet).to_pylist()
+    shard = tmp_path / "shards" / "00000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for row in table:
+            for ext, payload in (("jpg", row["image"]), ("txt", f"{row['web_caption']}\nanother caption".encode()),
+                                 ("json", b'{"status": "ok"}')):
+                info = tarfile.TarInfo(f"{row['key']}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    boot_sources = resolve_sources([str(tmp_path / "boot")])
+    shard_sources = resolve_sources([str(shard.parent)])
+    assert [s.kind for s in boot_sources + shard_sources] == ["parquet", "webdataset"]
+    assert scan_pairs(pair_dataset(boot_sources), boot_sources)[0] == 6
+    count, captions = scan_pairs(pair_dataset(shard_sources), shard_sources, caption_limit=100)
+    assert count == 12 and sorted(set(captions)) == sorted({r["web_caption"] for r in table} | {"another caption"})
