@@ -240,3 +240,16 @@ def test_train_state_round_trip(tmp_path):
     for a, b in zip(task.med.state_dict().values(), task2.med.state_dict().values()):
         assert torch.equal(a, b)
     assert json.loads((tmp_path / "progress.json").read_text())["step"] == 7
+
+
+# ---- commands -------------------------------------------------------------------------------------
+def test_commands_refuse_bad_data_and_missing_init_before_any_work(tmp_path, capsys):
+    from capfilt.cli import main
+
+    assert main(["pretrain", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")]) == 2
+    assert "path not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["finetune", "caption", "--data", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "init: required" in capsys.readouterr().err
+    assert main(["pretrain", "--data", "x", "--output", str(tmp_path), "--batch-size", "1"]) == 2
+    assert "batch_size" in capsys.readouterr().err
