@@ -10,6 +10,7 @@ of pairs, not necessarily the same pairs, as those trained before the failure.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if resume_dir is not None:
         progress = load_train_state(resume_dir, task=task, optimizer=optimizer, scheduler=scheduler)
         load_rng(resume_dir, rank, generators)
+        shutil.rmtree(resume_dir, ignore_errors=True)  # everything it held is in memory now
         if log:
             log.write({"event": "resume", "step": progress.step, "epoch": progress.epoch,
                        "step_in_epoch": progress.step_in_epoch})

@@ -68,6 +68,8 @@ def save_train_state(
 
 def save_rng(directory: Path, rank: int, generators: dict[str, torch.Generator]) -> None:
     state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     state.update({name: g.get_state() for name, g in generators.items()})
     torch.save(state, Path(directory) / rng_file(rank))
 
@@ -95,6 +97,8 @@ def load_rng(directory: Path, rank: int, generators: dict[str, torch.Generator])
         return False
     state = torch.load(path, map_location="cpu", weights_only=True)
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     for name, g in generators.items():
         if name in state:
             g.set_state(state[name])
