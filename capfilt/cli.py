@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Each module exposes `register(app)`; the list keeps the order of `capfilt --help`.
-COMMAND_MODULES = ["world", "model", "bootstrap", "train", "calibrate", "report"]
+COMMAND_MODULES = ["world", "model", "bootstrap", "train", "calibrate", "report", "rounds"]
 
 
 def _register_all() -> None:
