@@ -61,7 +61,11 @@ def _flag(name: str) -> str:
 def format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:
     """One line per the first error: the key as the user wrote it, the value, what is allowed."""
     first = err.errors()[0]
-    loc = first.get("loc") or ("?",)
+    loc = first.get("loc") or ()
+    if not loc:
+        # a check across several settings (a model validator): its message names them
+        msg = str(first.get("msg", "invalid settings"))
+        return msg.removeprefix("Value error, ").replace("\n", " ")
     key = str(loc[0])
     kind = first.get("type", "")
     value = first.get("input")

@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 import typer
-from pydantic import BaseModel, ConfigDict, Field, FilePath
+from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 
 from capfilt.settings_cli import EXIT_BAD_SETTINGS, run_app, settings_command
 
@@ -18,6 +18,12 @@ class DemoSettings(BaseModel):
     decoding: Literal["nucleus", "beam"] = "nucleus"
     filter_web: bool = Field(True, json_schema_extra={"flag": "--filter-web/--keep-all-web"})
     labels: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _beam_needs_captions(self):
+        if self.decoding == "beam" and self.num_captions == 0:
+            raise ValueError("decoding 'beam' needs num_captions >= 1")
+        return self
 
 
 @pytest.fixture
@@ -63,6 +69,7 @@ def test_yaml_keys_are_flags_and_flags_win(app_and_seen, tmp_path):
         ([], "top_p: 2\n", "(0, 1]"),
         ([], "num_captions: many\n", "num_captions"),
         ([], "topp: 0.5\n", "unknown setting 'topp'"),
+        (["--decoding", "beam", "--num-captions", "0"], None, "decoding 'beam' needs num_captions >= 1"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(app_and_seen, tmp_path, capsys, args, yaml_text, needle):
