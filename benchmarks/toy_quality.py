@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                  include_dashboard=False, log_to_driver=False)
         common = dict(num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker,
                       batch_size=args.batch_size, seed=args.seed,
-                      log_every=20, checkpoint_every=100_000, keep_checkpoints=1, max_failures=0, epochs=1000)
+                      log_every=20, checkpoint_every=100, keep_checkpoints=1, max_failures=0, epochs=1000)
         try:
             t = time.perf_counter()
             pre = run_training(TrainSettings(task="pretrain", data=[str(human), str(web)], output=work / "pretrain",
