@@ -1,0 +1,281 @@
+"""BLIP's Table 1 (and the noise ratios of Table 2) in miniature, on the toy world.
+
+    python benchmarks/capfilt_ablation.py --output capfilt_ablation.json [--seeds 0 1 2] \
+        [--pretrain-steps 150 --finetune-steps 60 --caption-steps 60 --web-size 600 ...]
+
+Per seed: the raw web is downloaded from the served world; a model pre-trained on human + raw web
+gives the captioner and the filter (fine-tuned on human), as in BLIP. Then the same pre-training
+budget (steps x batch) runs on human + each of five web datasets:
+
+    web as is                   every downloaded web caption
+    web + filter                web captions the filter keeps
+    web + captioner             every web caption + one nucleus-sampled synthetic caption per image
+    web + both (nucleus)        CapFilt: kept web + kept nucleus captions
+    web + both (beam)           CapFilt with beam search: kept web + kept beam captions
+
+(the first four come from one nucleus bootstrap, re-deciding what is kept from its ITM scores;
+the fifth from a beam bootstrap with the same models and threshold). Each pre-trained model is
+evaluated on `test`: zero-shot TR@1 and IR@1, and CIDEr of a captioner fine-tuned on human with
+a fixed number of steps. The toy world's checker gives the noise ratio of the synthetic captions
+(all generated, and those kept). Writes JSON and a Markdown table laid out like the paper's
+Table 1 (mean ± half the range over seeds). A benchmark, not a test; the budget is a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DATASETS = {
+    "web": ("no", "no", "web as is"),
+    "web+filter": ("no", "yes", "web + filter"),
+    "web+captioner": ("yes (nucleus)", "no", "web + captioner"),
+    "web+both_nucleus": ("yes (nucleus)", "yes", "web + both (nucleus)"),
+    "web+both_beam": ("yes (beam)", "yes", "web + both (beam)"),
+}
+METRICS = ("tr@1", "ir@1", "cider")
+
+
+def rekeep(source: Path, dest: Path, web: str, synthetic: str, threshold: float) -> Path:
+    """A copy of a bootstrap output's Parquet with the kept flags decided again from its scores:
+    web / synthetic in {"all", "none", "filter"}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (dest / "parquet").mkdir(parents=True, exist_ok=True)
+    for f in sorted((source / "parquet").glob("*.parquet")):
+        t = pq.read_table(f)
+        rows = t.to_pylist()
+        for r in rows:
+            ok = r["status"] == "ok"
+            r["web_kept"] = ok and bool(r["web_caption"]) and (
+                web == "all" or (web == "filter" and r["web_itm"] is not None and r["web_itm"] >= threshold))
+            scores = r["synthetic_itm"] or []
+            r["synthetic_kept"] = [ok and (synthetic == "all" or (synthetic == "filter" and s is not None
+                                                                  and s >= threshold)) for s in scores]
+        pq.write_table(pa.Table.from_pylist(rows, schema=t.schema), dest / "parquet" / f.name)
+    return dest
+
+
+def synthetic_noise(world, folder: Path) -> dict[str, Any]:
+    """Noise ratio (world checker) of every synthetic caption, and of the kept ones."""
+    import pyarrow.parquet as pq
+
+    labels = world.web_labels
+    rows = pq.read_table(folder / "parquet", columns=["key", "status", "synthetic_captions",
+                                                     "synthetic_kept"]).to_pylist()
+    all_pairs, kept_pairs = [], []
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        image = labels[r["key"]]["image_id"]
+        for c, k in zip(r["synthetic_captions"] or [], r["synthetic_kept"] or []):
+            all_pairs.append((image, c))
+            if k:
+                kept_pairs.append((image, c))
+    ratio = lambda pairs: world.noise_ratio([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None  # noqa: E731
+    return {"generated": len(all_pairs), "noise_all": ratio(all_pairs), "kept": len(kept_pairs),
+            "noise_kept": ratio(kept_pairs)}
+
+
+def web_counts(folder: Path) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(folder / "parquet", columns=["web_kept", "synthetic_kept"]).to_pylist()
+    return {"web": sum(bool(r["web_kept"]) for r in rows),
+            "synthetic": sum(sum(bool(k) for k in r["synthetic_kept"] or []) for r in rows)}
+
+
+def one_seed(args, world, urls: Path, work: Path, seed: int, log) -> dict[str, Any]:
+    from pipelines.bootstrap.run import run_bootstrap
+    from pipelines.bootstrap.settings import BootstrapSettings
+    from pipelines.rounds.run import make_scorer
+    from pipelines.train.evaluate import evaluate
+    from pipelines.train.job import run_training
+    from pipelines.train.settings import EvaluateSettings, TrainSettings
+
+    human, test = str(world.path("human")), str(world.path("test"))
+    common = dict(batch_size=args.batch_size, seed=seed, epochs=1000, log_every=50, checkpoint_every=100_000,
+                  keep_checkpoints=1, max_failures=0)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t = time.perf_counter()
+        value = fn()
+        timings[name] = round(time.perf_counter() - t, 1)
+        log(f"seed {seed}: {name} {timings[name]:.0f} s")
+        return value
+
+    def boot(out: Path, captioner: Path, filter_: Path, **changes) -> Path:
+        values = dict(input=str(urls), output=out, captioner=captioner, filter=filter_, key_col="key",
+                      allow_private_hosts=True, timeout=2.0, image_size=64, shard_size=250, batch_size=32,
+                      min_length=5, max_length=20, seed=seed, threshold=args.threshold, resume=out.exists())
+        run_bootstrap(BootstrapSettings(**{**values, **changes}), verbose=False)
+        return out
+
+    def pretrain(name: str, web: Path) -> Path:
+        out = work / name / "pretrain"
+        return Path(run_training(TrainSettings(task="pretrain", data=[human, str(web)], output=out,
+                                               max_steps=args.pretrain_steps, warmup_steps=max(1, args.pretrain_steps // 10),
+                                               **common))["model"])
+
+    def finetune(task: str, init: Path, out: Path, steps: int) -> Path:
+        return Path(run_training(TrainSettings(task=task, data=[human], output=out, init=init, max_steps=steps,
+                                               lr=1e-4, warmup_steps=max(1, steps // 10), **common))["model"])
+
+    scorer = work / "scorer"
+    if not (scorer / "config.json").is_file():
+        make_scorer(scorer, seed)
+    raw = timed("fetch", lambda: boot(work / "raw", scorer, scorer, num_captions=0, filter_web=False, threshold=0.0))
+    # the captioner and the filter: from a model pre-trained on the noisy web, fine-tuned on human
+    base = timed("pretrain_base", lambda: pretrain("base", raw))
+    captioner = timed("finetune_captioner", lambda: finetune("caption", base, work / "captioner", args.finetune_steps))
+    filter_ = timed("finetune_filter", lambda: finetune("filter", base, work / "filter", args.finetune_steps))
+    nucleus = timed("bootstrap_nucleus", lambda: boot(work / "nucleus", captioner, filter_, num_captions=1,
+                                                        decoding="nucleus", top_p=args.top_p))
+    beam = timed("bootstrap_beam", lambda: boot(work / "beam", captioner, filter_, num_captions=1,
+                                                  decoding="beam", num_beams=args.num_beams))
+    folders = {
+        "web": rekeep(raw, work / "d_web", "all", "none", args.threshold),
+        "web+filter": rekeep(nucleus, work / "d_filter", "filter", "none", args.threshold),
+        "web+captioner": rekeep(nucleus, work / "d_captioner", "all", "all", args.threshold),
+        "web+both_nucleus": nucleus,
+        "web+both_beam": beam,
+    }
+    results: dict[str, Any] = {}
+    for name, folder in folders.items():
+        model = timed(f"pretrain_{name}", lambda: pretrain(name, folder))
+        retrieval = evaluate(EvaluateSettings(checkpoint=model, data=[test], tasks=["retrieval"],
+                                              max_images=args.eval_images, seed=seed))["retrieval"]
+        cap = timed(f"caption_{name}", lambda: finetune("caption", model, work / name / "captioner", args.caption_steps))
+        caption = evaluate(EvaluateSettings(checkpoint=cap, data=[test], tasks=["caption"], max_images=args.eval_images,
+                                            max_length=20, min_length=3, seed=seed))["caption"]
+        results[name] = {"tr@1": retrieval["tr@1"], "ir@1": retrieval["ir@1"], "tr@5": retrieval["tr@5"],
+                         "ir@5": retrieval["ir@5"], "bleu4": caption["bleu4"], "cider": caption["cider"],
+                         "pairs_from_web": web_counts(folder)}
+    noise = {"nucleus": synthetic_noise(world, nucleus), "beam": synthetic_noise(world, beam)}
+    return {"seed": seed, "datasets": results, "synthetic_noise": noise, "seconds": timings}
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and half the range (over seeds)."""
+    return statistics.fmean(values), (max(values) - min(values)) / 2
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for name in DATASETS:
+        table[name] = {}
+        for metric in METRICS:
+            mean, half = spread([s["datasets"][name][metric] for s in per_seed])
+            table[name][metric] = {"mean": mean, "half_range": half}
+    noise = {}
+    for decoding in ("nucleus", "beam"):
+        for which in ("noise_all", "noise_kept"):
+            values = [s["synthetic_noise"][decoding][which] for s in per_seed if s["synthetic_noise"][decoding][which] is not None]
+            if values:
+                mean, half = spread(values)
+                noise[f"{decoding}_{which}"] = {"mean": mean, "half_range": half}
+    return {"table": table, "synthetic_noise": noise}
+
+
+def markdown(summary: dict[str, Any], seeds: list[int], budget: dict[str, Any]) -> str:
+    lines = [f"Toy-world CapFilt ablation (BLIP Table 1 layout); mean ± half-range over seeds {seeds}; "
+             f"pre-training {budget['pretrain_steps']} steps x {budget['batch_size']} pairs on human + each dataset.",
+             "",
+             "| Bootstrap: C | F | dataset | TR@1 (zero-shot) | IR@1 (zero-shot) | CIDEr (fine-tuned) |",
+             "|---|---|---|---|---|---|"]
+    for name, (c, f, label) in DATASETS.items():
+        cells = [f"{100 * v['mean']:.1f} ± {100 * v['half_range']:.1f}" if m != "cider" else
+                 f"{100 * v['mean']:.1f} ± {100 * v['half_range']:.1f}"
+                 for m, v in summary["table"][name].items()]
+        lines.append(f"| {c} | {f} | {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Noise ratio of synthetic captions (world checker), generated / kept by the filter:", ""]
+    lines += ["| decoding | all generated | kept |", "|---|---|---|"]
+    for decoding in ("nucleus", "beam"):
+        cells = []
+        for which in ("noise_all", "noise_kept"):
+            v = summary["synthetic_noise"].get(f"{decoding}_{which}")
+            cells.append("-" if v is None else f"{100 * v['mean']:.1f} % ± {100 * v['half_range']:.1f}")
+        lines.append(f"| {decoding} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("TR@1, IR@1 and CIDEr are x100 (CIDEr x100 as the paper prints it).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("capfilt_ablation.json"))
+    parser.add_argument("--markdown", type=Path, default=None, help="Table file (default: OUTPUT with .md).")
+    parser.add_argument("--work", type=Path, default=None, help="Folder for every artefact (default: temporary).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--web-size", type=int, default=600)
+    parser.add_argument("--human-size", type=int, default=300)
+    parser.add_argument("--test-size", type=int, default=100)
+    parser.add_argument("--pretrain-steps", type=int, default=150, help="The budget: the same for every dataset.")
+    parser.add_argument("--finetune-steps", type=int, default=60, help="Steps of the captioner's and filter's fine-tunes.")
+    parser.add_argument("--caption-steps", type=int, default=60, help="Fixed fine-tune before CIDEr.")
+    parser.add_argument("--batch-size", type=int, default=24)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--num-beams", type=int, default=3)
+    parser.add_argument("--eval-images", type=int, default=100)
+    args = parser.parse_args(argv)
+
+    import tempfile
+
+    import ray
+
+    from capfilt.world import World, WorldMakeSettings, WorldServer, make_world
+
+    started = time.perf_counter()
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="capfilt-ablation-") as tmp:
+        work = args.work or Path(tmp)
+        per_seed = []
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 3), include_dashboard=False, log_to_driver=False)
+        try:
+            for seed in args.seeds:
+                world_dir = work / f"seed{seed}" / "world"
+                if not (world_dir / "manifest.json").is_file():
+                    make_world(WorldMakeSettings(out=world_dir, size=args.web_size, human_size=args.human_size,
+                                                 human_captions=3, val_size=0, test_size=args.test_size, nlvr2_pairs=0,
+                                                 clips=0, vqa_per_image=0, seed=seed, overwrite=True))
+                world = World.load(world_dir)
+                with WorldServer(world.root, port=0, slow_seconds=6) as server:
+                    urls = world.write_urls(work / f"seed{seed}" / "web.parquet", server.base_url)
+                    # a new port each start: a resumed seed must not mix URL lists
+                    result = one_seed(args, world, urls, work / f"seed{seed}" / f"run-{server.port}", seed,
+                                      lambda m: print(m, flush=True))
+                per_seed.append(result)
+                partial = {"per_seed": per_seed}
+                args.output.write_text(json.dumps(partial, indent=2) + "\n")
+        finally:
+            ray.shutdown()
+    budget = {"pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
+              "caption_steps": args.caption_steps, "batch_size": args.batch_size, "web_size": args.web_size,
+              "human_size": args.human_size, "test_size": args.test_size, "threshold": args.threshold,
+              "top_p": args.top_p, "num_beams": args.num_beams, "eval_images": args.eval_images}
+    summary = summarise(per_seed)
+    result = {"benchmark": "capfilt_ablation", "seeds": args.seeds, "budget": budget,
+              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                          "load_average_1m_at_start": load},
+              "wall_seconds": round(time.perf_counter() - started, 1), **summary, "per_seed": per_seed}
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(summary, args.seeds, budget)
+    (args.markdown or args.output.with_suffix(".md")).write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
