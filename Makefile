@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install clean
+.PHONY: demo demo-full test install clean
 
 $(BIN)/capfilt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ $(BIN)/capfilt: pyproject.toml
 
 install: $(BIN)/capfilt
 
+# One whole round of CapFilt on the toy world served on loopback (<= 15 min on 2 CPU cores).
 demo: install
 	$(BIN)/python -m capfilt.demo --output $(DEMO_OUT)
+
+# The longer run: a bigger world, two rounds, longer training (about an hour on 2 cores).
+demo-full: install
+	$(BIN)/python -m capfilt.demo --output $(DEMO_OUT)-full --full
 
 test: install
 	$(BIN)/python -m pytest -q
