@@ -190,14 +190,14 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except SystemExit as exc:  # click exits this way on --help
         return int(exc.code or 0)
-    except Exception as exc:  # click's usage errors: bad type on the command line
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError) and exc.ctx is not None and exc.ctx.command.params:
-            # a bad value for a flag: one line, like the settings errors
+    except Exception as exc:
+        # Usage errors (an unknown flag, a missing argument) come from click, or from the copy
+        # of click that newer typer releases carry; recognise both by what they are.
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "UsageError" in kinds and getattr(exc, "ctx", None) is not None and exc.ctx.command.params:
             typer.echo(f"error: {exc.format_message()}".replace("\n", " "), err=True)
             return exc.exit_code
-        if isinstance(exc, click.exceptions.ClickException):
+        if "ClickException" in kinds:
             exc.show()
             return exc.exit_code
         raise

@@ -90,3 +90,11 @@ def test_missing_config_file_exits_2(app_and_seen, tmp_path, capsys):
     app, seen = app_and_seen
     assert run_app(app, ["go", str(tmp_path), "--config", str(tmp_path / "nope.yaml")]) == EXIT_BAD_SETTINGS
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_unknown_flag_exits_2_with_one_line(app_and_seen, tmp_path, capsys):
+    app, seen = app_and_seen
+    assert run_app(app, ["go", str(tmp_path), "--nope", "1"]) == EXIT_BAD_SETTINGS
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--nope" in err
+    assert not seen
