@@ -45,8 +45,12 @@ def write_pairs(path: Path, n: int, status: str = "ok") -> Path:
 
 @pytest.fixture(scope="module")
 def ray_local():
+    import os
+
     import ray
 
+    # on a busy 2-core machine, starting two torch workers can pass Ray Train's 60 s default
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
