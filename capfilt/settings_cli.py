@@ -120,6 +120,33 @@ def _cli_type(annotation: Any) -> Any:
     return str
 
 
+def _metavar(annotation: Any) -> str:
+    """What a flag takes, for --help: INT, FLOAT, PATH, TEXT, or the choices of a Literal."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _metavar(args[0])
+    if origin is typing.Annotated:
+        return _metavar(args[0])
+    if origin is typing.Literal:
+        return "[" + "|".join(str(a) for a in typing.get_args(annotation)) + "]"
+    if origin in (list, tuple):
+        return (_metavar(args[0]) if args else "TEXT") + " ..."
+    if isinstance(annotation, type):
+        if issubclass(annotation, Path):
+            return "PATH"
+        names = {int: "INT", float: "FLOAT", str: "TEXT"}
+        if annotation in names:
+            return names[annotation]
+    return "TEXT"
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value) or "none"
+    return "none" if value is None else str(value)
+
+
 def settings_command(
     app: typer.Typer,
     name: str,
@@ -139,7 +166,7 @@ def settings_command(
         for field_name, field in cls.model_fields.items():
             cli_type = _cli_type(field.annotation)
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-            default_text = None if field.is_required() else repr(field.get_default(call_default_factory=True))
+            default_text = None if field.is_required() else _default_text(field.get_default(call_default_factory=True))
             if field_name in positional:
                 info = typer.Argument(None, help=field.description, show_default=False)
             else:
@@ -147,7 +174,7 @@ def settings_command(
                     f"{_flag(field_name)}/--no-{field_name.replace('_', '-')}" if cli_type is bool else _flag(field_name)
                 )
                 info = typer.Option(
-                    None, decl, help=field.description,
+                    None, decl, help=field.description, metavar=None if cli_type is bool else _metavar(field.annotation),
                     show_default=default_text if default_text is not None else False,
                 )
             params.append(
