@@ -58,45 +58,83 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+SECTION_SEP = "__"  # parameter name of a section's knob: pretrain__max_steps
+
+
+def section_model(field: Any) -> type[BaseModel] | None:
+    """The settings model of a field that is a section of knobs (a nested model), else None."""
+    annotation = field.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:
-    """One line per the first error: the key as the user wrote it, the value, what is allowed."""
+    """One line per the first error: the key as the user wrote it (dotted inside a section, as
+    in YAML: `pretrain.lr`), the value, what is allowed."""
     first = err.errors()[0]
-    loc = first.get("loc") or ()
-    if not loc:
+    loc = [str(p) for p in first.get("loc") or ()]
+    msg = str(first.get("msg", "invalid"))
+    model: type[BaseModel] = cls
+    for part in loc[:-1]:  # descend into sections
+        inner = model.model_fields.get(part)
+        if inner is None or section_model(inner) is None:
+            break
+        model = section_model(inner)
+    if not loc or (model is not cls and loc[-1] not in model.model_fields and first.get("type") != "extra_forbidden"):
         # a check across several settings (a model validator): its message names them
-        msg = str(first.get("msg", "invalid settings"))
         return msg.removeprefix("Value error, ").replace("\n", " ")
-    key = str(loc[0])
+    where = ".".join(loc)
     kind = first.get("type", "")
     value = first.get("input")
-    field = cls.model_fields.get(key)
+    field = model.model_fields.get(loc[-1])
+    if field is not None and section_model(field) is not None and kind.startswith("value_error"):
+        # a check across a section's knobs: its message names them
+        return f"{where}: " + msg.removeprefix("Value error, ").replace("\n", " ")
     if kind == "extra_forbidden":
-        known = ", ".join(sorted(cls.model_fields))
-        return f"unknown setting '{key}'; known settings: {known}"
+        scope = f" in {'.'.join(loc[:-1])}" if model is not cls else ""
+        return f"unknown setting '{where}'; known settings{scope}: {', '.join(sorted(model.model_fields))}"
     if kind == "missing":
-        return f"{key}: required ({_flag(key)})"
+        return f"{where}: required ({_flag(loc[-1])})"
     allowed = _allowed_range(field) if field is not None else None
-    msg = first.get("msg", "invalid")
-    where = ".".join(str(p) for p in loc)
     if allowed is not None:
         return f"{where}: {value!r} is not allowed; allowed range {allowed} ({msg})"
     return f"{where}: {value!r} is not allowed: {msg}"
 
 
+def _keys(mapping: dict[Any, Any]) -> dict[str, Any]:
+    return {str(k).replace("-", "_"): v for k, v in mapping.items()}
+
+
+def read_config(config: Path) -> dict[str, Any]:
+    """A YAML settings file as a mapping, keys with dashes or underscores alike."""
+    if not config.is_file():
+        raise SettingsError(f"config: file not found: {config}")
+    try:
+        loaded = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config: {config} is not valid YAML: {exc}".replace("\n", " "))
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"config: {config} must hold a mapping of settings, not {type(loaded).__name__}")
+    return _keys(loaded)
+
+
 def load_settings(cls: type[S], config: Path | None, overrides: dict[str, Any]) -> S:
-    """YAML file (if any) overlaid with `overrides` (None values ignored), validated as `cls`."""
-    values: dict[str, Any] = {}
-    if config is not None:
-        if not config.is_file():
-            raise SettingsError(f"config: file not found: {config}")
-        try:
-            loaded = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"config: {config} is not valid YAML: {exc}".replace("\n", " "))
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"config: {config} must hold a mapping of settings, not {type(loaded).__name__}")
-        values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    """YAML file (if any) overlaid with `overrides` (None values ignored), validated as `cls`.
+
+    A field that is a section of knobs (a nested model) is a sub-mapping in YAML, and its knobs'
+    overrides are named `section__knob`."""
+    values: dict[str, Any] = read_config(config) if config is not None else {}
+    for name, field in cls.model_fields.items():
+        if section_model(field) is not None and isinstance(values.get(name), dict):
+            values[name] = _keys(values[name])
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if SECTION_SEP in key:
+            section, knob = key.split(SECTION_SEP, 1)
+            current = values.get(section)
+            values[section] = {**(current if isinstance(current, dict) else {}), knob: value}
+        else:
+            values[key] = value
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
@@ -147,6 +185,28 @@ def _default_text(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def _parameter(name: str, field: Any, *, positional: bool = False, prefix: str = "",
+               panel: str | None = None) -> inspect.Parameter:
+    """The typer parameter of one setting; a section's knobs carry the section as prefix."""
+    cli_type = _cli_type(field.annotation)
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    default_text = None if field.is_required() else _default_text(field.get_default(call_default_factory=True))
+    short = name.split(SECTION_SEP)[-1].replace("_", "-")
+    if positional:
+        info = typer.Argument(None, help=field.description, show_default=False)
+    else:
+        if cli_type is bool:
+            on, off = extra["flag"].split("/") if extra.get("flag") else (f"--{short}", f"--no-{short}")
+            decl = f"--{prefix}{on[2:]}/--{prefix}{off[2:]}"
+        else:
+            decl = f"--{prefix}{short}" if prefix or not extra.get("flag") else extra["flag"]
+        info = typer.Option(
+            None, decl, help=field.description, metavar=None if cli_type is bool else _metavar(field.annotation),
+            show_default=default_text if default_text is not None else False, rich_help_panel=panel,
+        )
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=typing.Optional[cli_type])
+
+
 def settings_command(
     app: typer.Typer,
     name: str,
@@ -164,23 +224,13 @@ def settings_command(
     def decorator(fn: Callable[[S], Any]) -> Callable[[S], Any]:
         params = []
         for field_name, field in cls.model_fields.items():
-            cli_type = _cli_type(field.annotation)
-            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-            default_text = None if field.is_required() else _default_text(field.get_default(call_default_factory=True))
-            if field_name in positional:
-                info = typer.Argument(None, help=field.description, show_default=False)
-            else:
-                decl = extra.get("flag") or (
-                    f"{_flag(field_name)}/--no-{field_name.replace('_', '-')}" if cli_type is bool else _flag(field_name)
-                )
-                info = typer.Option(
-                    None, decl, help=field.description, metavar=None if cli_type is bool else _metavar(field.annotation),
-                    show_default=default_text if default_text is not None else False,
-                )
-            params.append(
-                inspect.Parameter(field_name, inspect.Parameter.KEYWORD_ONLY,
-                                  default=info, annotation=typing.Optional[cli_type])
-            )
+            section = section_model(field)
+            if section is None:
+                params.append(_parameter(field_name, field, positional=field_name in positional))
+                continue
+            for knob, knob_field in section.model_fields.items():
+                params.append(_parameter(f"{field_name}{SECTION_SEP}{knob}", knob_field, prefix=f"{field_name}-",
+                                         panel=f"{field_name} knobs"))
         params.append(
             inspect.Parameter(
                 "config", inspect.Parameter.KEYWORD_ONLY,

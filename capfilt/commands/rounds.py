@@ -20,134 +20,20 @@ Flags win over the file. A bad value exits with code 2 before any work, naming t
 from __future__ import annotations
 
 import functools
-import inspect
-import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import typer
-import yaml
-from pydantic import BaseModel, ValidationError
 
-from capfilt.settings_cli import EXIT_BAD_SETTINGS, SettingsError, _allowed_range, _cli_type, _flag
-from pipelines.rounds.settings import SECTIONS, RoundsSettings
+from capfilt.settings_cli import load_settings, settings_command
+from pipelines.rounds.settings import RoundsSettings
 
 EXIT_FAILED = 1
-SEP = "__"  # parameter name of a section's knob: pretrain__max_steps
-
-
-def format_error(err: ValidationError) -> str:
-    """One line for the first error, its key dotted as in YAML (`pretrain.lr`)."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first.get("loc") or ()]
-    where = ".".join(loc) or "settings"
-    kind, value, msg = first.get("type", ""), first.get("input"), first.get("msg", "invalid")
-    model: type[BaseModel] = RoundsSettings
-    if len(loc) > 1 and loc[0] in SECTIONS:
-        model = SECTIONS[loc[0]]
-    known = model.model_fields
-    if kind == "extra_forbidden":
-        return f"unknown setting '{where}'; known {'in ' + loc[0] + ': ' if model is not RoundsSettings else ''}" \
-               f"{', '.join(sorted(known))}"
-    if kind == "missing":
-        return f"{where}: required ({_flag(loc[-1])})"
-    field = known.get(loc[-1]) if loc else None
-    allowed = _allowed_range(field) if field is not None else None
-    if not loc:  # a cross-field check: its message names the keys
-        return msg.removeprefix("Value error, ")
-    if allowed is not None:
-        return f"{where}: {value!r} is not allowed; allowed range {allowed} ({msg})"
-    return f"{where}: {value!r} is not allowed: {msg}"
-
-
-def _keys(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {str(k).replace("-", "_"): v for k, v in mapping.items()}
 
 
 def load_rounds_settings(config: Path | None, flags: dict[str, Any]) -> RoundsSettings:
-    """YAML (sections as sub-mappings) overlaid with flags (None: not given), validated."""
-    values: dict[str, Any] = {}
-    if config is not None:
-        if not config.is_file():
-            raise SettingsError(f"config: file not found: {config}")
-        try:
-            loaded = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"config: {config} is not valid YAML: {exc}".replace("\n", " "))
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"config: {config} must hold a mapping of settings")
-        values = _keys(loaded)
-        for name in SECTIONS:
-            if isinstance(values.get(name), dict):
-                values[name] = _keys(values[name])
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if SEP in key:
-            section, knob = key.split(SEP, 1)
-            current = values.get(section)
-            values[section] = {**(current if isinstance(current, dict) else {}), knob: value}
-        else:
-            values[key] = value
-    try:
-        return RoundsSettings.model_validate(values)
-    except ValidationError as exc:
-        raise SettingsError(format_error(exc)) from None
-
-
-def _bool_decl(extra: dict[str, Any], prefix: str, name: str) -> str:
-    if extra.get("flag"):
-        on, off = extra["flag"].split("/")
-        return f"--{prefix}{on[2:]}/--{prefix}{off[2:]}"
-    flag = name.replace("_", "-")
-    return f"--{prefix}{flag}/--{prefix}no-{flag}"
-
-
-def _parameters() -> list[inspect.Parameter]:
-    params = []
-
-    def add(name: str, field: Any, prefix: str) -> None:
-        cli_type = _cli_type(field.annotation)
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        short = name.split(SEP)[-1]
-        decl = _bool_decl(extra, prefix, short) if cli_type is bool else f"--{prefix}{short.replace('_', '-')}"
-        default = None if field.is_required() else repr(field.get_default(call_default_factory=True))
-        info = typer.Option(None, decl, help=field.description, show_default=default if default is not None else False,
-                            rich_help_panel=prefix[:-1] + " knobs" if prefix else None)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info,
-                                        annotation=typing.Optional[cli_type]))
-
-    for name, field in RoundsSettings.model_fields.items():
-        if name not in SECTIONS:
-            add(name, field, "")
-    for section, model in SECTIONS.items():
-        for name, field in model.model_fields.items():
-            add(f"{section}{SEP}{name}", field, f"{section}-")
-    params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[Path],
-                                    default=typer.Option(None, "--config", help="YAML file: the flags' keys, each "
-                                                         "job's knobs in its own sub-mapping.")))
-    return params
-
-
-def rounds_command(fn: Callable[[RoundsSettings], Any]) -> Callable[..., Any]:
-    """`fn(settings)` as a typer command with one flag per setting (sections' knobs prefixed)."""
-    params = _parameters()
-
-    @functools.wraps(fn)
-    def command(**kwargs: Any) -> Any:
-        config = kwargs.pop("config")
-        flags = {k: (None if v == [] else v) for k, v in kwargs.items()}
-        try:
-            settings = load_rounds_settings(config, flags)
-        except SettingsError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(EXIT_BAD_SETTINGS)
-        return fn(settings)
-
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    del command.__wrapped__
-    return command
+    """YAML (sections as sub-mappings) overlaid with flags (`section__knob`; None: not given)."""
+    return load_settings(RoundsSettings, config, flags)
 
 
 def write_rounds_report(settings: RoundsSettings, result: dict[str, Any]) -> Path | None:
@@ -196,9 +82,12 @@ def rounds(settings: RoundsSettings) -> int:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("rounds", help="The bootstrapping loop: round r pre-trains on human + web_r, fine-tunes the "
-                               "captioner and the filter on human, bootstraps the web into web_{r+1} and "
-                               "evaluates; every artefact kept, rounds.json, report.html. Started again with "
-                               "--resume on the same --output, it skips the steps that are done.")(
-        rounds_command(rounds))
-
+    @settings_command(app, "rounds", RoundsSettings, help=(
+        "The bootstrapping loop: round r pre-trains on human + web_r, fine-tunes the captioner and the "
+        "filter on human, bootstraps the web into web_{r+1} and evaluates; every artefact kept, "
+        "rounds.json, report.html. Started again with --resume on the same --output, it skips the "
+        "steps that are done."))
+    def rounds_cmd(settings: RoundsSettings) -> None:
+        code = rounds(settings)
+        if code:
+            raise typer.Exit(code)
