@@ -163,3 +163,20 @@ def test_webdataset_shards_and_parquet_give_the_same_pairs(ray_local, tmp_path):
     assert scan_pairs(pair_dataset(boot_sources), boot_sources)[0] == 6
     count, captions = scan_pairs(pair_dataset(shard_sources), shard_sources, caption_limit=100)
     assert count == 12 and sorted(set(captions)) == sorted({r["web_caption"] for r in table} | {"another caption"})
+
+
+def test_relative_paths_from_the_working_directory(pretrained, data, tmp_path, monkeypatch):
+    """Paths as a user types them, relative to where the command runs: Ray Train's workers run
+    elsewhere, so the job must hand them absolute paths (`make demo` passes a relative --output)."""
+    import shutil
+
+    from pipelines.train.job import run_training
+
+    pre_dir, _ = pretrained
+    shutil.copytree(pre_dir / "model", tmp_path / "init")
+    shutil.copy(data, tmp_path / "pairs.parquet")
+    monkeypatch.chdir(tmp_path)
+    result = run_training(settings(Path("pairs.parquet"), Path("cap"), task="caption", init=Path("init"),
+                                   num_workers=1, max_steps=1))
+    assert (tmp_path / "cap" / "model" / "config.json").is_file()
+    assert result["step"] == 1

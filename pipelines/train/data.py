@@ -41,7 +41,7 @@ def resolve_source(path: str) -> Source:
     if not p.exists():
         raise DataError(f"data: path not found: {path}")
     # Absolute, because read tasks and workers need not run in the driver's working directory.
-    p = p.resolve()
+    p = p.absolute()
     if p.is_file():
         if p.suffix == ".parquet":
             return Source(path, "parquet", (str(p),))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Task = Literal["pretrain", "caption", "filter"]
 
@@ -56,6 +56,13 @@ class JobSettings(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="Ray Train checkpoints to keep.")
     max_failures: int = Field(3, ge=-1, description="Worker failures to recover from (-1: always).")
     shuffle_buffer: int = Field(1000, ge=0, description="Rows in each worker's local shuffle buffer (0: off).")
+
+    @field_validator("output", "init")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # Ray Train's workers do not run in the driver's working directory, and they read
+        # these settings again: a path the user gave relative to theirs must travel absolute.
+        return None if path is None else path.absolute()
 
     @model_validator(mode="after")
     def _coherent(self) -> "JobSettings":
