@@ -14,13 +14,7 @@ from tests.model_helpers import jitter, pixels, small_config, tiny_tokenizer
 SHORT = dict(min_length=14, max_length=24)  # the tiny tokenizer spells "picture": the prompt takes 11
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and a busy machine makes them much slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,7 @@ from tests.model_helpers import pixels, small_config, tiny_tokenizer, CORPUS
 IMAGE_IDS = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])  # image 0 has 2 captions, image 2 has 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Models this small gain nothing from intra-op threads, and on a busy machine OpenMP's
-    # spinning workers made a step 40x slower here; restored after the module.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
