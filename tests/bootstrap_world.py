@@ -40,3 +40,42 @@ def bootstrap_settings(input_path: Path | str, output: Path, checkpoint: Path, *
     )
     values.update(changes)
     return BootstrapSettings(**values)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids (other than this one) whose command line contains `text`: how a test finds the Ray
+    processes it started (each carries its temp dir on its command line) without touching any
+    other Ray instance on the machine."""
+    import os
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_processes_mentioning(text: str, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, every process whose command line contains `text`; fails if any is
+    left."""
+    import os
+    import signal
+    import time
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        for pid in processes_mentioning(text):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while processes_mentioning(text) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    left = processes_mentioning(text)
+    assert not left, f"processes still running: {left}"

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,12 +18,14 @@ import pytest
 import ray
 import webdataset as wds
 
-from bootstrap_world import EXPECTED_STATUS, SLOW, TIMEOUT, bootstrap_settings, make_checkpoint, make_small_world
+from bootstrap_world import (EXPECTED_STATUS, SLOW, TIMEOUT, bootstrap_settings, make_checkpoint, make_small_world,
+                             stop_processes_mentioning)
 from capfilt.world.server import WorldServer
 from pipelines.bootstrap.run import BootstrapError, run_bootstrap
 from pipelines.bootstrap.schema import OUTPUT_SCHEMA
 
 WORLD_ROWS = 40
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +138,60 @@ def test_resume_redoes_only_missing_shards_and_ends_identical(env, main_run):
     # nothing left to do: a second resume runs no shard
     again = run_bootstrap(settings.model_copy(update={"output": out, "resume": True}), verbose=False)
     assert again["shards"]["this_run"] == 0
+
+
+def same_rows(got: list[dict], want: list[dict]) -> None:
+    """Row for row the same output; ITM/ITC scores to float precision (another shard size puts
+    rows in other batches, and a matmul's last bits depend on the batch)."""
+    assert [r["key"] for r in got] == [r["key"] for r in want]
+    for g, w in zip(got, want):
+        for column, value in w.items():
+            if column.endswith(("_itm", "_itc")) and value is not None:
+                assert g[column] == pytest.approx(value, abs=1e-5), (w["key"], column)
+            else:
+                assert g[column] == value, (w["key"], column)
+
+
+def test_resume_after_the_job_is_killed_part_way(env, main_run, tmp_path):
+    """The job as a user runs it (`python -m pipelines.bootstrap`, its own Ray), killed with
+    SIGKILL once some shards are committed; --resume keeps those files untouched, does the rest,
+    and the output is the uninterrupted run's."""
+    settings, _ = main_run
+    out = env["root"] / "killed"
+    killed = settings.model_copy(update={"output": out, "shard_size": 4})
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps(killed.model_dump(mode="json")))  # JSON is YAML
+    ray_tmp = tempfile.mkdtemp(prefix="ray-killed-")  # short: Ray's socket paths have a length limit
+    child_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    child_env["RAY_TMPDIR"] = ray_tmp
+    done = out / "_work" / "done"
+    total = math.ceil(WORLD_ROWS / 4)
+    log = tmp_path / "job.log"
+    with open(log, "wb") as log_file:
+        job = subprocess.Popen([sys.executable, "-m", "pipelines.bootstrap", "--config", str(config)], cwd=REPO,
+                               env=child_env, start_new_session=True, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while job.poll() is None and time.monotonic() < deadline and not list(done.glob("*.json")):
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    finally:
+        stop_processes_mentioning(ray_tmp)  # the Ray instance the job started
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert job.returncode == -signal.SIGKILL, f"the job ended before it was killed: {log.read_text()[-2000:]}"
+    committed = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+                 for p in (out / "parquet").glob("*.parquet") if (done / f"{p.stem}.json").exists()}
+    assert 0 < len(committed) < total, f"{len(committed)} of {total} shards committed when killed"
+    assert not (out / "manifest.json").exists()
+
+    resumed = run_bootstrap(killed.model_copy(update={"resume": True}), verbose=False)
+    assert resumed["shards"] == {"total": total, "this_run": total - len(committed)}
+    for name, stamp in committed.items():
+        path = out / "parquet" / name
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp, f"{name} was written again"
+    assert resumed["output_rows"] == resumed["input_rows"] == WORLD_ROWS
+    same_rows(read_output(out), read_output(settings.output))
 
 
 def test_refuses_to_mix_runs(env, main_run):

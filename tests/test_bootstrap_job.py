@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bootstrap_world import SLOW, TIMEOUT, make_checkpoint, make_small_world
+from bootstrap_world import SLOW, TIMEOUT, make_checkpoint, make_small_world, stop_processes_mentioning
 from capfilt.world.server import WorldServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,34 +52,8 @@ def head(tmp_path_factory):
 
 def stop_head(temp: Path, grace: float = 10.0) -> None:
     """Stop the processes of the head this test started, and only those: `ray stop` would end
-    every Ray instance of the user on this machine. Each of them carries the head's temp dir
-    (its session dir lies under it) on its command line."""
-    import signal
-
-    def ours() -> list[int]:
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(temp) in cmdline:
-                pids.append(int(entry.name))
-        return pids
-
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        for pid in ours():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while ours() and time.monotonic() < deadline:
-            time.sleep(0.2)
-    left = ours()
-    assert not left, f"Ray processes of the test head still running: {left}"
+    every Ray instance of the user on this machine."""
+    stop_processes_mentioning(str(temp), grace)
 
 
 def submit(head: dict, *args: str) -> subprocess.CompletedProcess:
