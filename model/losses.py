@@ -155,6 +155,10 @@ def lm_loss(
     """
     shifted = logits[:, :-1, :]
     labels = targets[:, 1:]
+    if not (labels != IGNORE_INDEX).any():
+        # Every target masked (e.g. a prompt as long as the captions): cross_entropy's mean over
+        # no tokens is 0/0 = NaN, which would poison the weights; there is nothing to learn.
+        return {"lm": shifted.sum() * 0.0}
     loss = F.cross_entropy(
         shifted.reshape(-1, shifted.shape[-1]), labels.reshape(-1),
         ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing,

@@ -138,6 +138,18 @@ def test_lm_loss_equals_transformers_own_smoothed_loss(tok):
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
+def test_lm_loss_is_zero_not_nan_when_every_target_is_masked():
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    masked = torch.full((2, 5), L.IGNORE_INDEX)
+    loss = L.lm_loss(logits, masked)["lm"]
+    assert loss.item() == 0.0
+    loss.backward()  # still part of the graph, so a step over such a batch changes nothing
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+    # one counting target is enough for a real loss
+    masked[0, 3] = 4
+    assert L.lm_loss(logits, masked)["lm"].item() > 0
+
+
 # ---- gradients through the shared modules ------------------------------------------------------
 def test_lm_and_itm_both_reach_the_shared_modules(tok):
     config = small_config(tok)
