@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="toy-quality-") as tmp:
         work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         world_dir = args.world
         if world_dir is None:
             from capfilt.world.make import make_world
