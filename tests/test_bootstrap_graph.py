@@ -158,7 +158,9 @@ def test_resume_after_the_job_is_killed_part_way(env, main_run, tmp_path):
     and the output is the uninterrupted run's."""
     settings, _ = main_run
     out = env["root"] / "killed"
-    killed = settings.model_copy(update={"output": out, "shard_size": 4})
+    # batches of one shard each, so that shards finish one by one (the shard holding a slow URL
+    # last), not all in the graph's final batch; batch sizes do not change the output
+    killed = settings.model_copy(update={"output": out, "shard_size": 4, "batch_size": 4, "download_batch_size": 4})
     config = tmp_path / "job.yaml"
     config.write_text(json.dumps(killed.model_dump(mode="json")))  # JSON is YAML
     ray_tmp = tempfile.mkdtemp(prefix="ray-killed-")  # short: Ray's socket paths have a length limit
