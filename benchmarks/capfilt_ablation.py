@@ -126,11 +126,14 @@ def one_seed(args, world, urls: Path, work: Path, seed: int, log) -> dict[str, A
         out = work / name / "pretrain"
         return Path(run_training(TrainSettings(task="pretrain", data=[human, str(web)], output=out,
                                                max_steps=args.pretrain_steps, warmup_steps=max(1, args.pretrain_steps // 10),
+                                               lr=args.pretrain_lr,
                                                **common))["model"])
 
     def finetune(task: str, init: Path, out: Path, steps: int) -> Path:
+        lr = args.caption_lr if task == "caption" else args.filter_lr
+        smoothing = dict(label_smoothing=args.caption_label_smoothing) if task == "caption" else {}
         return Path(run_training(TrainSettings(task=task, data=[human], output=out, init=init, max_steps=steps,
-                                               lr=1e-4, warmup_steps=max(1, steps // 10), **common))["model"])
+                                               lr=lr, warmup_steps=max(1, steps // 10), **smoothing, **common))["model"])
 
     scorer = work / "scorer"
     if not (scorer / "config.json").is_file():
@@ -225,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-steps", type=int, default=60, help="Steps of the captioner's and filter's fine-tunes.")
     parser.add_argument("--caption-steps", type=int, default=60, help="Fixed fine-tune before CIDEr.")
     parser.add_argument("--batch-size", type=int, default=24)
+    # The same learning rates and label smoothing as toy_quality.py, for the same reasons (see there).
+    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
+    parser.add_argument("--caption-lr", type=float, default=1e-3)
+    parser.add_argument("--filter-lr", type=float, default=5e-4)
+    parser.add_argument("--caption-label-smoothing", type=float, default=0.0)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--num-beams", type=int, default=3)
@@ -264,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = {"pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
               "caption_steps": args.caption_steps, "batch_size": args.batch_size, "web_size": args.web_size,
               "human_size": args.human_size, "test_size": args.test_size, "threshold": args.threshold,
-              "top_p": args.top_p, "num_beams": args.num_beams, "eval_images": args.eval_images}
+              "top_p": args.top_p, "num_beams": args.num_beams, "eval_images": args.eval_images,
+              "lr": {"pretrain": args.pretrain_lr, "caption": args.caption_lr, "filter": args.filter_lr},
+              "caption_label_smoothing": args.caption_label_smoothing}
     summary = summarise(per_seed)
     result = {"benchmark": "capfilt_ablation", "seeds": args.seeds, "budget": budget,
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),

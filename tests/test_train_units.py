@@ -242,6 +242,46 @@ def test_train_state_round_trip(tmp_path):
     assert json.loads((tmp_path / "progress.json").read_text())["step"] == 7
 
 
+def test_caption_label_smoothing_setting_reaches_the_loss(tmp_path):
+    """--label-smoothing changes the caption task's LM loss: with 0 it is the plain cross-entropy
+    of the targets; BLIP's 0.1 adds the smoothed tail."""
+    import torch.nn.functional as F
+
+    from model.config import preset
+    from model.med import MED
+    from model.tokenizer import train_wordpiece
+    from pipelines.train.step import build_task
+
+    tok = train_wordpiece(["a picture of a red square on the left", "a blue circle"] * 5, vocab_size=64)
+    config = preset("tiny", image_size=16, vocab_size=tok.vocab_size, tokens=tok.ids,
+                    vision_layers=1, text_layers=1)
+    torch.manual_seed(0)
+    med = MED(config).eval()
+    ids, mask = tok.encode(["a picture of a red square", "a picture of a blue circle"], 12)
+    batch = {"pixel_values": torch.randn(2, 3, 16, 16), "input_ids": ids, "attention_mask": mask}
+    losses = {}
+    for eps in (0.0, 0.1):
+        settings = TrainSettings(task="caption", data=["x"], output=tmp_path, init=tmp_path, label_smoothing=eps)
+        task = build_task(settings, med, tok)
+        assert task.label_smoothing == eps
+        losses[eps] = float(task.step(batch)["lm"])
+    # the plain cross-entropy over the unmasked targets, computed here from the logits
+    from model.losses import lm_targets
+
+    targets = lm_targets(ids, mask, config.tokens.pad, len(tok.encode_prompt("a picture of ")))
+    logits = med.lm_logits(ids, mask, med.encode_image(batch["pixel_values"]))
+    logp = F.log_softmax(logits[:, :-1].reshape(-1, logits.shape[-1]), dim=-1)
+    labels = targets[:, 1:].reshape(-1)
+    counted = labels != -100
+    nll = -logp[counted].gather(1, labels[counted, None]).mean()
+    uniform = -logp[counted].mean()  # cross-entropy against the uniform distribution
+    assert abs(losses[0.0] - float(nll)) < 1e-4
+    assert abs(losses[0.1] - float(0.9 * nll + 0.1 * uniform)) < 1e-4
+    assert abs(losses[0.1] - losses[0.0]) > 1e-5  # the two settings really gave two losses
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TrainSettings(data=["x"], output=tmp_path, label_smoothing=1.0)
+
+
 # ---- commands -------------------------------------------------------------------------------------
 def test_commands_refuse_bad_data_and_missing_init_before_any_work(tmp_path, capsys):
     from capfilt.cli import main

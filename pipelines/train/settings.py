@@ -47,6 +47,9 @@ class JobSettings(BaseModel):
     max_text_len: int | None = Field(None, ge=4, le=512, description="Token limit of captions; default the model's.")
     prompt: str = Field("a picture of ", description="Captioner prompt (caption task), masked out of the LM loss.")
     queue_size: int | None = Field(None, ge=0, description="ITC feature queue length; default the task's.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1.0, description="LM label smoothing (BLIP: 0.1). It leaves "
+                                   "1 - eps on the right token, so nucleus sampling at top-p >= 1 - eps dips "
+                                   "into a uniform tail of stray tokens: lower one or the other.")
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks).")
     cpus_per_worker: float = Field(1.0, gt=0, le=256)
     use_gpu: bool = Field(False, description="One GPU per worker, NCCL and bf16 autocast.")
