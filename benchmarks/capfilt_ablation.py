@@ -1,7 +1,7 @@
 """BLIP's Table 1 (and the noise ratios of Table 2) in miniature, on the toy world.
 
     python benchmarks/capfilt_ablation.py --output capfilt_ablation.json [--seeds 0 1 2] \
-        [--pretrain-steps 150 --finetune-steps 60 --caption-steps 60 --web-size 600 ...]
+        [--pretrain-steps 300 --finetune-steps 150 --caption-steps 60 --web-size 600 ...]
 
 Per seed: the raw web is downloaded from the served world; a model pre-trained on human + raw web
 gives the captioner and the filter (fine-tuned on human), as in BLIP. Then the same pre-training
@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-size", type=int, default=600)
     parser.add_argument("--human-size", type=int, default=300)
     parser.add_argument("--test-size", type=int, default=100)
-    parser.add_argument("--pretrain-steps", type=int, default=150, help="The budget: the same for every dataset.")
-    parser.add_argument("--finetune-steps", type=int, default=60, help="Steps of the captioner's and filter's fine-tunes.")
+    parser.add_argument("--pretrain-steps", type=int, default=300, help="The budget: the same for every dataset.")
+    parser.add_argument("--finetune-steps", type=int, default=150, help="Steps of the captioner's and filter's fine-tunes.")
     parser.add_argument("--caption-steps", type=int, default=60, help="Fixed fine-tune before CIDEr.")
     parser.add_argument("--batch-size", type=int, default=24)
     # The same learning rates and label smoothing as toy_quality.py, for the same reasons (see there).
