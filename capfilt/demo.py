@@ -35,8 +35,8 @@ class DemoSettings(BaseModel):
     size: int | None = Field(None, ge=1, description="Rows of the toy world's web split (default 1000; full 4000).")
     human_size: int | None = Field(None, ge=8, description="Images of the human split (default 400; full 1000).")
     rounds: int | None = Field(None, ge=1, le=10, description="Bootstrapping rounds (default 1; full 2).")
-    pretrain_steps: int | None = Field(None, ge=1, description="Steps of each pre-training (default 150; full 600).")
-    finetune_steps: int | None = Field(None, ge=1, description="Steps of each fine-tune (default 80; full 300).")
+    pretrain_steps: int | None = Field(None, ge=1, description="Steps of each pre-training (default 300; full 600).")
+    finetune_steps: int | None = Field(None, ge=1, description="Steps of each fine-tune (default 150; full 300).")
     seed: int = Field(0, ge=0)
     fetch_timeout: float = Field(1.0, gt=0, description="Seconds before a download counts as timed out.")
 
@@ -90,7 +90,7 @@ def summary(world: World) -> dict[str, Any]:
 
 def rounds_args(s: DemoSettings, world: World, urls: Path) -> list[str]:
     """`capfilt rounds` as the demo runs it: every knob it sets is one a user could pass."""
-    pre, fine = s.pick("pretrain_steps", 150, 600), s.pick("finetune_steps", 80, 300)
+    pre, fine = s.pick("pretrain_steps", 300, 600), s.pick("finetune_steps", 150, 300)
     return [
         "rounds", "--web", str(urls), "--human", str(world.path("human")), "--eval", str(world.path("test")),
         "--rounds", str(s.pick("rounds", 1, 2)), "--output", str(s.output / "rounds"), "--labels", str(world.root),
