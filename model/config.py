@@ -117,7 +117,8 @@ PRESETS: dict[str, MEDConfig] = {
         max_positions=64, embed_dim=64, max_text_len=32,
         # BERT's 0.02 suits width 768; at width 128 it leaves every caption's [CLS] nearly the same
         # (cosine 0.9997 at init) and ITC/ITM sit at their prior for hundreds of steps. 0.05 (about
-        # 0.6 / sqrt(width)) broke that plateau sooner in 3 of 3 seeds (benchmarks/results/).
+        # 0.6 / sqrt(width)) broke that plateau sooner in 3 of 3 seeds of a first probe, but in 2 of
+        # 3 of benchmarks/filter_plateau.py's run: the escape is stochastic (results/filter_plateau.json).
         init_range=0.05,
         # the toy WordPiece tokenizer puts its specials first, in this order
         tokens=TokenIds(pad=0, cls=2, sep=3, dec=5, enc=6),
