@@ -20,6 +20,7 @@ from transformers.models.blip.modeling_blip import BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
 
 from model.config import MEDConfig
+from model.positions import init_position_embedding
 
 
 def tie_decoder_to_encoder(encoder: BlipTextModel, decoder: BlipTextModel) -> None:
@@ -37,6 +38,7 @@ class MED(nn.Module):
         self.config = config
         text_config = config.text_config()
         self.vision = BlipVisionModel(config.vision_config())
+        init_position_embedding(self.vision.embeddings.position_embedding, config.position_init)
         self.text_encoder = BlipTextModel(text_config, add_pooling_layer=False)
         self.text_decoder = BlipTextLMHeadModel(text_config)
         self.vision_proj = nn.Linear(config.vision_width, config.embed_dim)
