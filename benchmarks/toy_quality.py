@@ -8,6 +8,7 @@ Writes JSON with:
   - zero-shot retrieval of the pre-trained model on `test`: TR@1/5/10, IR@1/5/10;
   - the captioner on `test`: BLEU-4 and CIDEr (beam), and the share of its nucleus-sampled (and
     of its greedy) captions that the world's checker finds true, and the share it cannot parse;
+    on one-object scenes, how often each attribute it names (size, colour, shape, place) is right;
   - the filter's ROC-AUC (ITM probability) for clean vs noisy web captions: overall, against
     other-image and junk captions, and against one-attribute-wrong captions alone;
   - the budget: steps, wall seconds of each stage, cores.
@@ -90,6 +91,7 @@ def filter_auc(checkpoint: Path, world, rows: list[dict], limit: int) -> dict:
 
 
 def captioner_quality(checkpoint: Path, world, test: Path, images: int, seed: int) -> dict:
+    from capfilt.world.attributes import attribute_accuracy
     from model.checkpoint import load_checkpoint
     from model.generation import row_seed
     from pipelines.train.evaluate import caption_metrics, generate, load_split, pixel_values
@@ -107,6 +109,7 @@ def captioner_quality(checkpoint: Path, world, test: Path, images: int, seed: in
         checks = [world.check(key, c) for key, c in zip(split.keys, captions)]
         entry = {"true_share": sum(c.true for c in checks) / len(checks),
                  "unparsed_share": sum(not c.parsed for c in checks) / len(checks),
+                 "one_object_attributes": attribute_accuracy([world.scene(k) for k in split.keys], captions),
                  "examples": [{"key": k, "caption": c, "true": r.true} for k, c, r in
                               list(zip(split.keys, captions, checks))[:5]]}
         if decoding == "beam":
