@@ -108,3 +108,21 @@ def test_export_writes_folders_transformers_loads_with_the_same_scores(tiny_dir,
 def test_export_without_a_target_is_refused(tiny_dir, capsys):
     assert main(["model", "export", str(tiny_dir)]) == 1
     assert "nothing to export" in capsys.readouterr().err
+
+
+def test_position_init_defaults_to_the_preset_and_can_be_chosen(tiny_dir, tmp_path, capsys):
+    from model.positions import sincos_2d
+
+    def patch_positions(path):
+        ck = load_checkpoint(path)
+        return ck.config, ck.med.vision.embeddings.position_embedding[0, 1:].detach()
+
+    config, positions = patch_positions(tiny_dir)
+    table = sincos_2d(config.image_size // config.patch_size, config.vision_width)
+    assert config.position_init == "sincos" and torch.allclose(positions, table)
+    assert main(["model", "init", "--output", str(tmp_path / "r"), "--position-init", "random"]) == 0
+    config, positions = patch_positions(tmp_path / "r")
+    assert config.position_init == "random" and not torch.allclose(positions, table)
+    capsys.readouterr()
+    assert main(["model", "init", "--output", str(tmp_path / "x"), "--position-init", "learned"]) == 2
+    assert "position_init" in capsys.readouterr().err

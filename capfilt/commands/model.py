@@ -28,6 +28,9 @@ class ModelInitSettings(BaseModel):
     preset: PresetName = Field("tiny", description="Model size: tiny (CPU, toy world), base (ViT-B/16), large (ViT-L/16).")
     seed: int = Field(0, ge=0, description="Seed of the random init (same seed, same checkpoint hash).")
     image_size: int | None = Field(None, gt=0, description="Image side in px (default: the preset's; BLIP: 224 pre-train, 384 fine-tune).")
+    position_init: Literal["random", "sincos"] | None = Field(
+        None, description="How the ViT position embedding starts: random (BLIP) or sincos (the grid's geometry, "
+                          "for training from scratch); default: the preset's (tiny: sincos).")
     vocab_size: int = Field(1024, ge=64, description="Upper bound on the trained toy tokenizer's vocabulary.")
     tokenizer: Path | None = Field(None, description="Use this folder's tokenizer (capfilt or BLIP) instead of training one.")
     overwrite: bool = Field(False, description="Replace an existing checkpoint folder.")
@@ -98,6 +101,8 @@ def init_model(settings: ModelInitSettings) -> dict[str, Any]:
     changes: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, "tokens": tokenizer.ids}
     if settings.image_size is not None:
         changes["image_size"] = settings.image_size
+    if settings.position_init is not None:
+        changes["position_init"] = settings.position_init
     config = preset(settings.preset, **changes)
     if config.image_size % config.patch_size:
         raise ValueError(f"image size {config.image_size} is not a multiple of the patch size {config.patch_size}")
