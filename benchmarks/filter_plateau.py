@@ -99,17 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-rows", type=int, default=600)
     args = parser.parse_args(argv)
 
-    import torch
+    from scratch_setup import world_split_tokenizer
 
-    from capfilt.world.store import World
-    from capfilt.commands.model import toy_caption_corpus
-    from model.tokenizer import train_wordpiece
-    from pipelines.train.evaluate import load_split
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    world = World.load(args.world)
-    split = load_split([str(world.path("human"))], args.human_images)
-    tokenizer = train_wordpiece(toy_caption_corpus(), vocab_size=1024)  # as `capfilt model init` does
+    world, split, tokenizer = world_split_tokenizer(args.world, args.human_images)
     labels = world.web_labels
     web_rows = [r for r in world.table("web").to_pylist()
                 if r["caption"] and labels[r["key"]]["fetch"] == "ok"][: args.web_rows]

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PROMPT = "a picture of "
 
@@ -94,18 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-images", type=int, default=200)
     args = parser.parse_args(argv)
 
-    import torch
-
-    from capfilt.commands.model import toy_caption_corpus
-    from capfilt.world.store import World
-    from model.tokenizer import train_wordpiece
     from pipelines.train.evaluate import load_split
+    from scratch_setup import world_split_tokenizer
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    world = World.load(args.world)
-    split = load_split([str(world.path("human"))], args.human_images)
+    world, split, tokenizer = world_split_tokenizer(args.world, args.human_images)
     test = load_split([str(world.path("test"))], args.test_images)
-    tokenizer = train_wordpiece(toy_caption_corpus(), vocab_size=1024)  # as `capfilt model init` does
     runs = []
     for position_init in args.inits:
         for seed in args.seeds:
