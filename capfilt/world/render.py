@@ -54,11 +54,13 @@ def _star(cx: float, cy: float, r: float, points: int = 5) -> list[tuple[float, 
     return out
 
 
-def draw_object(draw: ImageDraw.ImageDraw, obj: Obj, side: int, x: float | None = None, y: float | None = None) -> None:
+def draw_object(draw: ImageDraw.ImageDraw, obj: Obj, side: int, x: float | None = None, y: float | None = None,
+                fill: int | tuple[int, int, int] | None = None) -> None:
+    """`fill` overrides the object's colour: a label value when drawing a mask."""
     cx = (obj.x if x is None else x) * side
     cy = (obj.y if y is None else y) * side
     r = SIZE_RADIUS[obj.size] * side
-    fill = COLOURS[obj.colour]
+    fill = COLOURS[obj.colour] if fill is None else fill
     if obj.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif obj.shape == "square":
