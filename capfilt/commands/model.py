@@ -15,6 +15,7 @@ from typing import Any, Literal
 import typer
 from pydantic import BaseModel, ConfigDict, Field
 
+from capfilt.commands import pretrain_vision
 from capfilt.settings_cli import settings_command
 
 EXIT_FAILED = 1
@@ -171,6 +172,7 @@ def format_info(info: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     model_app = typer.Typer(help="Make and inspect MED checkpoints.", no_args_is_help=True)
     app.add_typer(model_app, name="model")
+    pretrain_vision.register(model_app)
 
     @settings_command(model_app, "init", ModelInitSettings)
     def init(settings: ModelInitSettings) -> None:
