@@ -151,3 +151,20 @@ def test_yaml_sections_and_unknown_section_key(world, tmp_path, capsys):
     config.write_text(config.read_text() + "filter: {nope: 1}\n")
     assert main(["rounds", "--config", str(config)]) == 2
     assert "filter.nope" in capsys.readouterr().err
+
+
+def test_every_pre_training_starts_from_the_given_init(tmp_path):
+    # `--pretrain-init` (e.g. a checkpoint from `capfilt model pretrain-vision`): each round's
+    # pre-training starts from it, as each of BLIP's starts from the ImageNet ViT
+    from capfilt.commands.rounds import load_rounds_settings
+
+    init = tmp_path / "warm"
+    assert main(["model", "init", "--output", str(init)]) == 0
+    config = tmp_path / "rounds.yaml"
+    config.write_text(f"web: w.parquet\nhuman: [h.parquet]\neval: [t.parquet]\noutput: out\nrounds: 2\n"
+                      f"pretrain: {{init: {init}}}\n")
+    s = load_rounds_settings(config, {})
+    for r in range(3):
+        assert s.train_settings("pretrain", ["h.parquet"], tmp_path / f"round_{r}").init == init
+    config.write_text(config.read_text().replace(f"pretrain: {{init: {init}}}\n", ""))
+    assert load_rounds_settings(config, {}).train_settings("pretrain", ["h.parquet"], tmp_path / "p").init is None
