@@ -18,7 +18,7 @@ $(BIN)/capfilt: pyproject.toml
 
 install: $(BIN)/capfilt
 
-# One whole round of CapFilt on the toy world served on loopback (<= 15 min on 2 CPU cores).
+# One whole round of CapFilt on the toy world served on loopback (about 17 min on 2 CPU cores).
 demo: install
 	$(BIN)/python -m capfilt.demo --output $(DEMO_OUT)
 

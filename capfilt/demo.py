@@ -5,7 +5,9 @@ included) to show the web it imitates, then run one whole round of CapFilt on it
 --rounds 1`: pre-train on human + the raw web, fine-tune captioner and filter, bootstrap the web,
 pre-train again on human + the bootstrapped web, evaluate both) and print the metrics before and
 after bootstrapping, the noise of the web pairs each pre-training saw (the world's checker knows
-the truth), and the path of the report. Sized to finish within 15 minutes on 2 CPU cores;
+the truth), and the path of the report. Before the round, the tiny ViT is warmed up on labelled
+pictures (`capfilt model pretrain-vision`), as BLIP's starts from ImageNet weights. Sized to
+finish in about 17 minutes on 2 CPU cores;
 `--full` (make demo-full) runs two rounds on a bigger world with longer training.
 """
 
