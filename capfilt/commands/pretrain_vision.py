@@ -26,8 +26,8 @@ class PretrainVisionSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     checkpoint: Path = Field(description="Checkpoint whose ViT to warm up (e.g. from `capfilt model init`).")
     output: Path = Field(description="Checkpoint folder to write.")
-    # 5000 steps of batch 32 took a tiny ViT to 98 % right on the shape of held-out objects, in
-    # about 6 minutes on 2 CPU cores; 2000 steps, to 64 %.
+    # 5000 steps of batch 32 took the tiny ViT to 96-97 % right on the shape of held-out objects
+    # (2 seeds), in 7.4-7.8 minutes on 2 CPU cores; 2500 steps, to 65 % (benchmarks/results/).
     steps: int = Field(5000, ge=1, description="Optimiser steps (each on freshly drawn pictures).")
     batch_size: int = Field(32, ge=1, description="Pictures per step.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW; warm-up, then cosine).")
