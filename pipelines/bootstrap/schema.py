@@ -14,8 +14,9 @@ DECODE_ERROR = "decode_error"
 TOO_LARGE = "too_large"
 BLOCKED_URL = "blocked_url"
 BAD_ROW = "bad_row"
+STAGE_ERROR = "stage_error"  # a stage raised on the row's batch (after its retries); the job went on
 PENDING = "pending"
-STATUSES = (OK, DOWNLOAD_ERROR, DECODE_ERROR, TOO_LARGE, BLOCKED_URL, BAD_ROW)
+STATUSES = (OK, DOWNLOAD_ERROR, DECODE_ERROR, TOO_LARGE, BLOCKED_URL, BAD_ROW, STAGE_ERROR)
 
 # What the reader hands the download stage. `image` is set when the input already holds the
 # image (img2dataset output), and the download is then skipped.
@@ -27,9 +28,13 @@ WORK_SCHEMA = pa.schema([
     ("status", pa.string()),
     ("error", pa.string()),
     ("image", pa.binary()),
+    # --save-additional-columns: the row's carried input columns as one JSON object, so that
+    # columns of any name and type cross the stages without Ray Data inferring their type per batch
+    ("_extra", pa.string()),
 ])
 
-# The output contract (one Parquet row per input row); see the issue and README.
+# The output contract (one Parquet row per input row), before the carried columns; the image
+# bytes are in the tars, and in the Parquet files too with --parquet-images (shard_output.py).
 OUTPUT_SCHEMA = pa.schema([
     ("key", pa.string()),
     ("url", pa.string()),
@@ -45,7 +50,6 @@ OUTPUT_SCHEMA = pa.schema([
     ("synthetic_kept", pa.list_(pa.bool_())),
     ("width", pa.int32()),
     ("height", pa.int32()),
-    ("image", pa.binary()),
 ])
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # img2dataset's default opt-out directives (downloader.py): a response whose X-Robots-Tag carries
 # one of these is not used.
@@ -23,9 +25,19 @@ class BootstrapSettings(BaseModel):
     # -- where from, where to ------------------------------------------------------------
     input: str = Field(description="Parquet/CSV/TSV/JSONL file, folder or glob (local or fsspec URL), "
                                    "or an img2dataset output folder.")
-    output: Path = Field(description="Output folder: parquet/, webdataset/, manifest.json.")
-    captioner: Path = Field(description="Captioner checkpoint: capfilt or transformers BLIP folder.")
-    filter: Path = Field(description="Filter checkpoint: capfilt or transformers BLIP ITM folder.")
+    output: str = Field(description="Output folder, local or any fsspec URL (s3://bucket/x, gs://...): "
+                                    "parquet/, webdataset/, stats/, manifest.json.")
+    captioner: Path | None = Field(None, description="Captioner checkpoint: capfilt or transformers BLIP folder "
+                                                     "(not with --download-only).")
+    filter: Path | None = Field(None, description="Filter checkpoint: capfilt or transformers BLIP ITM folder "
+                                                  "(not with --download-only).")
+    download_only: bool = Field(False, description="Download, validate, resize and write; no model. The output "
+                                                   "is img2dataset-like (one sample per image, the web caption "
+                                                   "as .txt) and is itself a valid --input.")
+    storage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="fsspec options per protocol, as JSON: "
+                                          "'{\"s3\": {\"endpoint_url\": \"http://...\"}}'. Never saved in the "
+                                          "manifest. The environment (AWS_*, FSSPEC_S3_*) works too.")
     input_format: InputFormat = Field("auto", description="Input format; auto guesses from names.")
     url_col: str = Field("url", min_length=1, description="Column holding the image URL.")
     caption_col: str = Field("caption", min_length=1, description="Column holding the web caption.")
@@ -33,6 +45,14 @@ class BootstrapSettings(BaseModel):
                                                   "from the row's position in the input.")
     resume: bool = Field(False, description="Finish a stopped run in the same output folder.")
     overwrite: bool = Field(False, description="Delete what the output folder holds and start again.")
+    save_additional_columns: list[str] = Field(
+        default_factory=list, description="Input columns carried into the output Parquet and the samples' "
+                                          ".json, as img2dataset's option of that name.")
+    parquet_images: bool = Field(False, description="Also store the image bytes in the Parquet files (by "
+                                                    "default images are stored once, in the tars).")
+    stage_retries: int = Field(1, ge=0, le=10, description="Tries again a batch whose stage raised; then its "
+                                                           "rows get status stage_error and the job goes on.")
+    progress_seconds: float = Field(10.0, gt=0, le=3600, description="Seconds between progress lines.")
     shard_size: int = Field(1000, ge=1, le=1_000_000, description="Input rows per work shard and per "
                                                                  "output shard (the unit of resume).")
 
@@ -81,8 +101,27 @@ class BootstrapSettings(BaseModel):
     keep: Literal["best", "all"] = Field("all", description="Keep every synthetic caption that passes, "
                                                              "or only the best one.")
 
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"storage_options is not JSON: {exc}") from None
+        return value
+
     @model_validator(mode="after")
     def _coherent(self) -> "BootstrapSettings":
+        if not self.download_only and (self.captioner is None or self.filter is None):
+            raise ValueError("captioner and filter checkpoints are required (or pass --download-only)")
+        if not self.output.strip():
+            raise ValueError("output is empty")
         if self.min_length > self.max_length:
             raise ValueError(f"min_length {self.min_length} exceeds max_length {self.max_length}")
         if self.decoding == "beam" and self.num_beams < self.num_captions:
