@@ -1,26 +1,20 @@
-"""Bootstrap stages without Ray: reader, download, writer on hand-made inputs and a loopback server."""
+"""The download stage without Ray, on hand-made batches and a loopback server."""
 
 from __future__ import annotations
 
 import http.server
 import io
-import json
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import webdataset as wds
 from PIL import Image
 
 from pipelines.bootstrap.download_stage import DownloadStage
-from pipelines.bootstrap.input_reader import InputError, plan_shards, read_shard
-from pipelines.bootstrap.schema import OUTPUT_SCHEMA, PENDING, WORK_SCHEMA
+from pipelines.bootstrap.schema import PENDING
 from pipelines.bootstrap.settings import BootstrapSettings
-from pipelines.bootstrap.shard_writer import OutputLayout, ShardWriter
 
 
 def jpeg(size=(40, 30), colour=(200, 30, 30)) -> bytes:
@@ -113,83 +107,6 @@ def test_image_already_present_skips_fetch(tmp_path):
     batch["image"][0] = GOOD
     out = DownloadStage(settings(tmp_path, allow_private_hosts=False))(batch).to_pydict()
     assert out["status"][0] == "ok"
-
-
-def write_inputs(tmp_path: Path) -> None:
-    rows = {"url": ["http://a/1.jpg", "http://a/2.jpg", None, "ftp://a/4.jpg", "http://a/5.jpg"],
-            "caption": ["one", "two", "three", "four", None], "id": ["k1", "k2", "k2", None, "k5"]}
-    pq.write_table(pa.table(rows), tmp_path / "in.parquet")
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps(dict(zip(rows, v))) + "\n" for v in zip(*rows.values())))
-    (tmp_path / "in.tsv").write_text("url\tcaption\n" + "".join(f"{u or ''}\t{c or ''}\n" for u, c in
-                                                                 zip(rows["url"], rows["caption"])))
-
-
-@pytest.mark.parametrize("name", ["in.parquet", "in.jsonl", "in.tsv"])
-def test_reader_accounts_for_every_row(tmp_path, name):
-    write_inputs(tmp_path)
-    s = settings(tmp_path, input=str(tmp_path / name), shard_size=2)
-    shards = plan_shards(s)
-    assert [(sh.start, sh.stop) for sh in shards] == [(0, 2), (2, 4), (4, 5)]
-    table = pa.concat_tables([read_shard(sh, s) for sh in shards])
-    assert table.schema == WORK_SCHEMA
-    assert table.column("key").to_pylist() == [f"{i:010d}" for i in range(5)]
-    assert table.column("status").to_pylist() == ["pending", "pending", "bad_row", "bad_row", "pending"]
-
-
-def test_key_column_repeats_become_bad_rows_with_unique_keys(tmp_path):
-    write_inputs(tmp_path)
-    s = settings(tmp_path, input=str(tmp_path / "in.parquet"), key_col="id")
-    table = pa.concat_tables([read_shard(sh, s) for sh in plan_shards(s)])
-    keys = table.column("key").to_pylist()
-    assert keys[:2] == ["k1", "k2"] and len(set(keys)) == 5
-    assert table.column("error").to_pylist()[2] == "key missing or repeated"
-
-
-def test_folder_and_glob_inputs_and_missing_column(tmp_path):
-    write_inputs(tmp_path)
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "in.parquet").rename(tmp_path / "sub" / "a.parquet")
-    assert sum(sh.stop - sh.start for sh in plan_shards(settings(tmp_path, input=str(tmp_path / "sub")))) == 5
-    assert len(plan_shards(settings(tmp_path, input=str(tmp_path / "*.jsonl")))) == 1
-    with pytest.raises(InputError, match="no column 'link'"):
-        plan_shards(settings(tmp_path, input=str(tmp_path / "in.jsonl"), url_col="link"))
-
-
-def finished_rows(keys: list[str], shard: int, kept: bool) -> pa.Table:
-    n = len(keys)
-    return pa.table({
-        "key": keys, "url": ["http://x"] * n, "status": ["ok"] * n, "error": [None] * n,
-        "web_caption": ["web"] * n, "web_itm": [0.7] * n, "web_itc": [0.1] * n, "web_kept": [kept] * n,
-        "synthetic_captions": [["syn a", "syn b"]] * n, "synthetic_itm": [[0.9, 0.2]] * n,
-        "synthetic_itc": [[0.3, 0.1]] * n, "synthetic_kept": [[kept, False]] * n, "width": [8] * n,
-        "height": [8] * n, "image": [jpeg((8, 8))] * n, "shard": [shard] * n, "_seconds_download": [0.01] * n,
-    })
-
-
-def test_writer_commits_whole_shards_readable_by_webdataset(tmp_path):
-    layout = OutputLayout(tmp_path / "out")
-    writer = ShardWriter(layout, {0: 3, 1: 1})
-    writer.add(finished_rows(["b", "a"], 0, kept=True))
-    assert not (layout.parquet / "00000.parquet").exists(), "half a shard must never be visible"
-    writer.add(pa.concat_tables([finished_rows(["c"], 0, kept=True), finished_rows(["d"], 1, kept=False)]))
-    assert writer.missing() == {}
-    table = pq.read_table(layout.parquet / "00000.parquet")
-    assert table.schema == OUTPUT_SCHEMA and table.column("key").to_pylist() == ["a", "b", "c"]
-    samples = list(wds.WebDataset(str(layout.webdataset / "00000.tar"), shardshuffle=False))
-    assert [s["__key__"] for s in samples] == ["a", "b", "c"]
-    assert samples[0]["txt"].decode() == "web\nsyn a"
-    assert json.loads(samples[0]["json"])["kept_captions"] == ["web", "syn a"]
-    assert not (layout.webdataset / "00001.tar").exists(), "a shard with no kept image writes no tar"
-    assert set(layout.done_shards()) == {0, 1} and layout.done_shards()[0]["kept_synthetic"] == 3
-
-
-def test_clear_uncommitted_removes_leftovers_of_a_killed_run(tmp_path):
-    layout = OutputLayout(tmp_path / "out")
-    ShardWriter(layout, {0: 1}).add(finished_rows(["a"], 0, kept=True))
-    (layout.parquet / ".00001.parquet.tmp").write_bytes(b"half")
-    (layout.parquet / "00002.parquet").write_bytes(b"no marker")
-    layout.clear_uncommitted()
-    assert sorted(p.name for p in layout.parquet.iterdir()) == ["00000.parquet"]
 
 
 def test_keep_decisions():

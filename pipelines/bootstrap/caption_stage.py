@@ -16,6 +16,7 @@ from model.generation import GenerationSettings, generate_captions
 from pipelines.bootstrap.model_stage import CheckpointStage, busy_seconds, key_seed
 from pipelines.bootstrap.schema import as_table, batch_len, object_column
 from pipelines.bootstrap.settings import BootstrapSettings
+from pipelines.bootstrap.stage_guard import guarded
 
 
 def generation_settings(settings: BootstrapSettings) -> GenerationSettings:
@@ -34,6 +35,7 @@ class CaptionStage(CheckpointStage):
         self.settings = settings
         self.generation = generation_settings(settings)
 
+    @guarded("caption")
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         start = time.perf_counter()

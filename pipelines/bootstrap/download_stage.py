@@ -38,6 +38,7 @@ from PIL import Image  # noqa: E402
 from pipelines.bootstrap.schema import (BLOCKED_URL, DECODE_ERROR, DOWNLOAD_ERROR, OK, PENDING, TOO_LARGE,
                                         as_table, batch_len, object_column)
 from pipelines.bootstrap.settings import BootstrapSettings
+from pipelines.bootstrap.stage_guard import guarded
 
 # img2dataset's browser User-Agent, with the same "(compatible; token; +url)" suffix convention.
 BASE_USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
@@ -159,6 +160,7 @@ class DownloadStage:
         except FetchError as exc:
             return exc.status, str(exc)[:500], None, None, None
 
+    @guarded("download")
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         start = time.perf_counter()
         n = batch_len(batch)

@@ -17,6 +17,7 @@ from model.scoring import score_captions
 from pipelines.bootstrap.model_stage import CheckpointStage, busy_seconds
 from pipelines.bootstrap.schema import as_table, batch_len, object_column
 from pipelines.bootstrap.settings import BootstrapSettings
+from pipelines.bootstrap.stage_guard import guarded
 
 
 def keep_decisions(itm: list[float], threshold: float, keep: str) -> list[bool]:
@@ -40,6 +41,7 @@ class FilterStage(CheckpointStage):
         web_kept = web is not None and (not self.settings.filter_web or web_itm >= self.settings.threshold)
         return web_kept, keep_decisions(syn_itm, self.settings.threshold, self.settings.keep)
 
+    @guarded("filter")
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         start = time.perf_counter()

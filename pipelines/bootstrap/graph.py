@@ -9,9 +9,12 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from pipelines.bootstrap.caption_stage import CaptionStage
+from pipelines.bootstrap.commit import IO_TASK_CPUS
 from pipelines.bootstrap.download_stage import DownloadStage
 from pipelines.bootstrap.filter_stage import FilterStage
-from pipelines.bootstrap.input_reader import ShardReader, WorkShard
+from pipelines.bootstrap.input_plan import InputPlan
+from pipelines.bootstrap.input_reader import read_shards
+from pipelines.bootstrap.part_writer import PartWriter
 from pipelines.bootstrap.settings import BootstrapSettings
 
 _TASK_STAGES: dict[tuple[type, str], Any] = {}
@@ -27,17 +30,24 @@ def run_as_task(batch: dict[str, np.ndarray], stage_cls: type, settings: Bootstr
     return stage(batch)
 
 
-def build_graph(shards: list[WorkShard], settings: BootstrapSettings) -> ray.data.Dataset:
-    """read shards -> download (CPU tasks) -> caption (actors) -> filter (actors)."""
+def build_graph(plan: InputPlan, shards: list, settings: BootstrapSettings,
+                stages: dict[str, type] | None = None) -> ray.data.Dataset:
+    """read shards -> download (CPU tasks) -> caption (actors) -> filter (actors) -> write parts
+    (tasks); the dataset's rows are the small part records the driver commits from.
+
+    `stages` replaces a stage class by name ("caption", "filter"): a test's way to make one fail."""
+    classes = {"download": DownloadStage, "caption": CaptionStage, "filter": FilterStage, **(stages or {})}
     # One block per shard so that shards are read in parallel.
     ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=max(len(shards), 1))
-    ds = ds.map_batches(run_as_task, fn_kwargs={"stage_cls": ShardReader, "settings": settings},
-                        batch_size=1, num_cpus=settings.download_cpus)
-    ds = ds.map_batches(run_as_task, fn_kwargs={"stage_cls": DownloadStage, "settings": settings},
+    ds = ds.map_batches(read_shards, fn_kwargs={"settings": settings, "duplicates": plan.duplicates},
+                        batch_size=1, num_cpus=IO_TASK_CPUS)
+    ds = ds.map_batches(run_as_task, fn_kwargs={"stage_cls": classes["download"], "settings": settings},
                         batch_size=settings.download_batch_size, num_cpus=settings.download_cpus)
-    model_resources = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.num_gpus_per_actor or None}
-    ds = ds.map_batches(CaptionStage, fn_constructor_args=(settings,), batch_size=settings.batch_size,
-                        compute=ActorPoolStrategy(size=settings.captioner_actors), **model_resources)
-    ds = ds.map_batches(FilterStage, fn_constructor_args=(settings,), batch_size=settings.batch_size,
-                        compute=ActorPoolStrategy(size=settings.filter_actors), **model_resources)
-    return ds
+    if not settings.download_only:
+        model_resources = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.num_gpus_per_actor or None}
+        ds = ds.map_batches(classes["caption"], fn_constructor_args=(settings,), batch_size=settings.batch_size,
+                            compute=ActorPoolStrategy(size=settings.captioner_actors), **model_resources)
+        ds = ds.map_batches(classes["filter"], fn_constructor_args=(settings,), batch_size=settings.batch_size,
+                            compute=ActorPoolStrategy(size=settings.filter_actors), **model_resources)
+    return ds.map_batches(run_as_task, fn_kwargs={"stage_cls": PartWriter, "settings": settings},
+                          batch_format="pyarrow", batch_size=None, num_cpus=IO_TASK_CPUS)

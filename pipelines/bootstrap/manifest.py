@@ -10,13 +10,17 @@ import importlib.metadata
 import json
 import platform
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable
 
 from pipelines.bootstrap.schema import STATUSES
 from pipelines.bootstrap.settings import BootstrapSettings
-from pipelines.bootstrap.shard_writer import STAGES, OutputLayout, atomic_write
+from pipelines.bootstrap.layout import MANIFEST, OutputLayout
 
-PACKAGES = ("capfilt", "ray", "torch", "transformers", "img2dataset", "pyarrow", "webdataset", "pydantic", "numpy")
+STAGES = ("download", "caption", "filter")
+TOP_ERRORS = 20
+
+PACKAGES = ("capfilt", "ray", "torch", "transformers", "img2dataset", "pyarrow", "webdataset", "pydantic", "numpy",
+            "fsspec", "s3fs", "gcsfs")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -32,22 +36,31 @@ def package_versions() -> dict[str, str | None]:
 def build_manifest(
     settings: BootstrapSettings,
     input_rows: int,
-    shards: dict[int, dict[str, Any]],
+    markers: Iterable[tuple[int, dict[str, Any]]],
     checkpoints: dict[str, str],
     wall_seconds: float,
     shards_this_run: int,
 ) -> dict[str, Any]:
-    """The manifest from every done shard's stats (see shard_writer.shard_stats)."""
+    """The manifest from every committed shard's marker (see shard_output.shard_stats), read one at
+    a time: the driver holds sums, not the markers."""
     status: Counter[str] = Counter({s: 0 for s in STATUSES})
+    errors: Counter[str] = Counter()
     totals: Counter[str] = Counter()
     stage_rows: Counter[str] = Counter()
     stage_seconds: Counter[str] = Counter()
-    for stats in shards.values():
+    shards = 0
+    for _, stats in markers:
+        shards += 1
         status.update(stats["status"])
-        for key in ("rows", "kept_web", "kept_synthetic", "synthetic_captions", "images_in_webdataset"):
-            totals[key] += stats[key]
+        errors.update(stats.get("status_dict", {}))
+        if len(errors) > 10 * TOP_ERRORS:  # keep the driver's memory flat on a corpus of many distinct errors
+            errors = Counter(dict(errors.most_common(TOP_ERRORS)))
+        for key in ("rows", "kept_web", "kept_synthetic", "synthetic_captions", "images_in_webdataset",
+                    "samples_in_webdataset"):
+            totals[key] += stats.get(key, 0)
         stage_rows.update(stats["stage_rows"])
         stage_seconds.update(stats["stage_seconds"])
+    names = ("download",) if settings.download_only else STAGES
     stages = {
         name: {
             "images": stage_rows[name],
@@ -55,17 +68,20 @@ def build_manifest(
             # per worker: images over the seconds that worker spent in the stage
             "images_per_busy_second": round(stage_rows[name] / stage_seconds[name], 2) if stage_seconds[name] else None,
         }
-        for name in STAGES
+        for name in names
     }
     return {
         "input_rows": input_rows,
         "output_rows": totals["rows"],
         "status": dict(status),
+        "top_errors": dict(errors.most_common(TOP_ERRORS)),
         "kept": {"web": totals["kept_web"], "synthetic": totals["kept_synthetic"]},
         "synthetic_captions": totals["synthetic_captions"],
         "images_in_webdataset": totals["images_in_webdataset"],
-        "shards": {"total": len(shards), "this_run": shards_this_run},
-        "settings": settings.model_dump(mode="json"),
+        "samples_in_webdataset": totals["samples_in_webdataset"],
+        "shards": {"total": shards, "this_run": shards_this_run},
+        # storage options may hold credentials: never written down
+        "settings": settings.model_dump(mode="json", exclude={"storage_options"}),
         "checkpoints": checkpoints,
         "versions": package_versions(),
         "wall_seconds": round(wall_seconds, 3),
@@ -75,7 +91,7 @@ def build_manifest(
 
 
 def write_manifest(layout: OutputLayout, manifest: dict[str, Any]) -> None:
-    atomic_write(layout.manifest, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    layout.storage.put(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def summary_table(manifest: dict[str, Any]) -> str:
@@ -86,6 +102,7 @@ def summary_table(manifest: dict[str, Any]) -> str:
         f"{'kept web captions':<22}{manifest['kept']['web']:>10}",
         f"{'kept synthetic':<22}{manifest['kept']['synthetic']:>10}",
         f"{'images in webdataset':<22}{manifest['images_in_webdataset']:>10}",
+        f"{'samples in webdataset':<22}{manifest['samples_in_webdataset']:>10}",
         f"{'wall seconds':<22}{manifest['wall_seconds']:>10}",
     ]
     for name, stage in manifest["stages"].items():

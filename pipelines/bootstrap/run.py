@@ -1,4 +1,7 @@
-"""run_bootstrap(settings): plan, skip what a previous run finished, stream the graph, write.
+"""run_bootstrap(settings): refuse to mix runs, plan, skip what is committed, stream the graph, commit.
+
+The driver plans and commits; Ray workers read the input, download, caption, filter and write
+(graph.py, part_writer.py, commit.py). Output goes to any fsspec filesystem, object storage too.
 
 Ray: joins the cluster in RAY_ADDRESS when it is set (a `ray job submit` sets it), else starts a
 local instance for the run and stops it afterwards. A Ray already initialised by the caller
@@ -10,22 +13,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
-from model.checkpoint import checkpoint_hash
+from pipelines.bootstrap.commit import IO_TASK_CPUS, Committer, Progress
 from pipelines.bootstrap.graph import build_graph
-from pipelines.bootstrap.input_reader import plan_fingerprint, plan_shards
+from pipelines.bootstrap.input_plan import input_fingerprint, plan_input
+from pipelines.bootstrap.layout import RUN_FILE, OutputLayout
 from pipelines.bootstrap.manifest import build_manifest, summary_table, write_manifest
 from pipelines.bootstrap.settings import BootstrapSettings
-from pipelines.bootstrap.shard_writer import OutputLayout, ShardWriter
 
 # Settings that change how the work runs but not what it produces; a resumed run may change them.
-OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor", "cpus_per_actor",
-               "batch_size", "download_threads", "download_batch_size", "download_cpus"}
+OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor",
+               "cpus_per_actor", "batch_size", "download_threads", "download_batch_size", "download_cpus",
+               "storage_options", "stage_retries", "progress_seconds"}
 
 
 class BootstrapError(RuntimeError):
@@ -36,26 +40,29 @@ def _result_settings(settings: BootstrapSettings) -> dict[str, Any]:
     return settings.model_dump(mode="json", exclude=OPERATIONAL)
 
 
-def prepare_output(settings: BootstrapSettings, layout: OutputLayout, fingerprint: str) -> None:
+def prepare_output(settings: BootstrapSettings, layout: OutputLayout, fingerprint: str) -> dict[str, Any]:
     """Refuse to mix runs: a non-empty folder needs --resume (same input, same settings) or
-    --overwrite."""
-    state = layout.work / "run.json"
-    if settings.overwrite and layout.root.exists():
-        shutil.rmtree(layout.root)
-    if layout.root.exists() and any(layout.root.iterdir()):
+    --overwrite. Returns the run record (run.json)."""
+    storage = layout.storage
+    if settings.overwrite and not storage.is_empty():
+        storage.remove_tree("")
+    run = {"input": fingerprint, "settings": _result_settings(settings)}
+    if not storage.is_empty():
         if not settings.resume:
-            raise BootstrapError(f"output {layout.root} is not empty: pass --resume to finish it or --overwrite")
-        if not state.exists():
-            raise BootstrapError(f"output {layout.root} holds no bootstrap run to resume")
-        previous = json.loads(state.read_text())
-        if previous["plan"] != fingerprint:
+            raise BootstrapError(f"output {settings.output} is not empty: pass --resume to finish it or --overwrite")
+        if not storage.exists(RUN_FILE):
+            raise BootstrapError(f"output {settings.output} holds no bootstrap run to resume")
+        previous = json.loads(storage.get(RUN_FILE))
+        if previous.get("input") != fingerprint:
             raise BootstrapError("--resume: the input is not the one the first run planned")
-        changed = sorted(k for k, v in _result_settings(settings).items() if previous["settings"].get(k) != v)
+        changed = sorted(k for k, v in run["settings"].items() if previous["settings"].get(k) != v)
         if changed:
             raise BootstrapError(f"--resume: settings that change the output differ from the first run: {changed}")
-    layout.make()
+        run = previous
+    storage.make_root()
     layout.clear_uncommitted()
-    state.write_text(json.dumps({"plan": fingerprint, "settings": _result_settings(settings)}))
+    storage.put(RUN_FILE, json.dumps(run, sort_keys=True).encode())
+    return run
 
 
 def _init_ray(settings: BootstrapSettings) -> bool:
@@ -67,36 +74,62 @@ def _init_ray(settings: BootstrapSettings) -> bool:
         ray.init(address=address, log_to_driver=False)
         return True
     # A local instance gets at least the logical CPUs the graph asks for: each actor holds its
-    # CPUs for its lifetime, and on a small machine the download tasks would otherwise never
-    # find room and the graph would stall. ("local": never join a stray cluster.)
-    wanted = (settings.captioner_actors + settings.filter_actors) * settings.cpus_per_actor + settings.download_cpus
+    # CPUs for its lifetime, and on a small machine the download, write and assembly tasks would
+    # otherwise never find room and the graph would stall. ("local": never join a stray cluster.)
+    actors = 0 if settings.download_only else (settings.captioner_actors + settings.filter_actors)
+    wanted = actors * settings.cpus_per_actor + settings.download_cpus + 3 * IO_TASK_CPUS
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
              log_to_driver=False)
     return True
 
 
-def run_bootstrap(settings: BootstrapSettings, verbose: bool = True) -> dict[str, Any]:
-    """Run (or finish, with --resume) the job; returns the manifest it wrote."""
+def _log_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dict[str, type] | None = None,
+                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or finish, with --resume) the job; returns the manifest it wrote.
+
+    `stages` replaces graph stages by name (graph.build_graph); `log` receives progress lines
+    (default: stderr when verbose)."""
     start = time.perf_counter()
-    layout = OutputLayout(settings.output)
-    shards = plan_shards(settings)
-    prepare_output(settings, layout, plan_fingerprint(shards))
-    done = layout.done_shards()
-    pending = [s for s in shards if s.shard not in done]
-    checkpoints = {"captioner": checkpoint_hash(settings.captioner), "filter": checkpoint_hash(settings.filter)}
-    if pending:
-        started = _init_ray(settings)
-        try:
-            writer = ShardWriter(layout, {s.shard: s.stop - s.start for s in pending})
-            for batch in build_graph(pending, settings).iter_batches(batch_size=None, batch_format="pyarrow"):
-                writer.add(batch)
-        finally:
-            if started:
-                ray.shutdown()
-        if writer.missing():
-            raise BootstrapError(f"rows never reached the writer (shard: rows): {writer.missing()}")
-    input_rows = sum(s.stop - s.start for s in shards)
-    manifest = build_manifest(settings, input_rows, layout.done_shards(), checkpoints,
+    log = log or (_log_to_stderr if verbose else (lambda line: None))
+    layout = OutputLayout.at(settings.output, settings.storage_options)
+    run = prepare_output(settings, layout, input_fingerprint(settings))  # refuse before Ray starts
+    checkpoints = {} if settings.download_only else {
+        "captioner": _checkpoint_hash(settings.captioner), "filter": _checkpoint_hash(settings.filter)}
+    started = _init_ray(settings)
+    try:
+        plan = plan_input(settings, layout)
+        if run.get("plan") not in (None, plan.fingerprint):
+            raise BootstrapError("--resume: the input is not the one the first run planned")
+        if run.get("plan") is None:
+            layout.storage.put(RUN_FILE, json.dumps({**run, "plan": plan.fingerprint}, sort_keys=True).encode())
+        done = layout.done_ids()
+        pending = [s for s in plan.shards if s.shard not in done]
+        if pending:
+            progress = Progress(sum(s.rows for s in pending), len(pending), log, settings.progress_seconds)
+            log(f"bootstrap: {len(plan.shards)} shards planned, {len(done)} already committed, "
+                f"{len(pending)} to do ({progress.total_rows} rows)")
+            committer = Committer(layout, {s.shard: s.rows for s in pending}, plan.extra_schema,
+                                  settings.download_only, settings.parquet_images, progress)
+            graph = build_graph(plan, pending, settings, stages)
+            for batch in graph.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for record in batch.to_pylist():
+                    committer.add(record)
+                committer.harvest()
+            committer.harvest(wait_all=True)
+            progress.update(force=True)
+            if committer.failed:
+                raise BootstrapError(f"shards not written (run again with --resume): {committer.failed}")
+            if committer.missing():
+                raise BootstrapError(f"rows never reached the writer (shard: rows): {committer.missing()}")
+    finally:
+        if started:
+            ray.shutdown()
+    input_rows = sum(s.rows for s in plan.shards)
+    manifest = build_manifest(settings, input_rows, layout.markers(), checkpoints,
                               time.perf_counter() - start, len(pending))
     if manifest["output_rows"] != input_rows:
         raise BootstrapError(f"{input_rows} rows in, {manifest['output_rows']} out")
@@ -104,3 +137,9 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True) -> dict[str
     if verbose:
         print(summary_table(manifest))
     return manifest
+
+
+def _checkpoint_hash(path: Any) -> str:
+    from model.checkpoint import checkpoint_hash
+
+    return checkpoint_hash(path)
