@@ -98,7 +98,6 @@ def web_counts(folder: Path) -> dict[str, int]:
 def one_seed(args, world, urls: Path, work: Path, seed: int, log) -> dict[str, Any]:
     from pipelines.bootstrap.run import run_bootstrap
     from pipelines.bootstrap.settings import BootstrapSettings
-    from pipelines.rounds.run import make_scorer
     from pipelines.train.evaluate import evaluate
     from pipelines.train.job import run_training
     from pipelines.train.settings import EvaluateSettings, TrainSettings
@@ -115,10 +114,12 @@ def one_seed(args, world, urls: Path, work: Path, seed: int, log) -> dict[str, A
         log(f"seed {seed}: {name} {timings[name]:.0f} s")
         return value
 
-    def boot(out: Path, captioner: Path, filter_: Path, **changes) -> Path:
+    def boot(out: Path, captioner: Path | None, filter_: Path | None, **changes) -> Path:
+        # images in the Parquet files too: rekeep() copies only those, and training reads the copies
         values = dict(input=str(urls), output=out, captioner=captioner, filter=filter_, key_col="key",
                       allow_private_hosts=True, timeout=2.0, image_size=64, shard_size=250, batch_size=32,
-                      min_length=5, max_length=20, seed=seed, threshold=args.threshold, resume=out.exists())
+                      min_length=5, max_length=20, seed=seed, threshold=args.threshold, resume=out.exists(),
+                      parquet_images=True)
         run_bootstrap(BootstrapSettings(**{**values, **changes}), verbose=False)
         return out
 
@@ -135,17 +136,15 @@ def one_seed(args, world, urls: Path, work: Path, seed: int, log) -> dict[str, A
         return Path(run_training(TrainSettings(task=task, data=[human], output=out, init=init, max_steps=steps,
                                                lr=lr, warmup_steps=max(1, steps // 10), **smoothing, **common))["model"])
 
-    scorer = work / "scorer"
-    if not (scorer / "config.json").is_file():
-        make_scorer(scorer, seed)
-    raw = timed("fetch", lambda: boot(work / "raw", scorer, scorer, num_captions=0, filter_web=False, threshold=0.0))
+    raw = timed("fetch", lambda: boot(work / "raw", None, None, download_only=True))
     # the captioner and the filter: from a model pre-trained on the noisy web, fine-tuned on human
     base = timed("pretrain_base", lambda: pretrain("base", raw))
     captioner = timed("finetune_captioner", lambda: finetune("caption", base, work / "captioner", args.finetune_steps))
     filter_ = timed("finetune_filter", lambda: finetune("filter", base, work / "filter", args.finetune_steps))
-    nucleus = timed("bootstrap_nucleus", lambda: boot(work / "nucleus", captioner, filter_, num_captions=1,
+    fetched = dict(input=str(work / "raw"), key_col=None)  # the web fetched once, as `capfilt rounds` does
+    nucleus = timed("bootstrap_nucleus", lambda: boot(work / "nucleus", captioner, filter_, **fetched, num_captions=1,
                                                         decoding="nucleus", top_p=args.top_p))
-    beam = timed("bootstrap_beam", lambda: boot(work / "beam", captioner, filter_, num_captions=1,
+    beam = timed("bootstrap_beam", lambda: boot(work / "beam", captioner, filter_, **fetched, num_captions=1,
                                                   decoding="beam", num_beams=args.num_beams))
     folders = {
         "web": rekeep(raw, work / "d_web", "all", "none", args.threshold),

@@ -40,7 +40,7 @@ def world(tmp_path_factory):
     w = World.load(root / "world")
     with WorldServer(w.root, port=0, slow_seconds=5) as server:
         w.write_urls(root / "web.parquet", server.base_url)
-        yield {"root": root, "world": w, "web": root / "web.parquet"}
+        yield {"root": root, "world": w, "web": root / "web.parquet", "server": server}
 
 
 def args(world: dict, output: Path, *extra: str) -> list[str]:
@@ -117,10 +117,19 @@ def test_two_rounds_every_artefact_kept_and_described(resumed):
             assert 0 <= e["metrics"][metric] <= 10
         assert json.loads((out / f"round_{r}" / "eval.json").read_text()) == steps["eval"]["metrics"]
     fetch = entries[0]["steps"]["fetch"]
-    assert fetch["counts"]["kept"]["synthetic"] == 0 and fetch["settings"]["num_captions"] == 0
+    assert fetch["counts"]["kept"]["synthetic"] == 0 and fetch["settings"]["download_only"]
+    assert fetch["checkpoints"] == {}, "fetching needs no model"
+    assert entries[1]["steps"]["bootstrap"]["input"] == "round_0/web"
     assert rounds["inputs"]["human"][0]["sha256"] and rounds["settings"]["rounds"] == 2
     page = (out / "report.html").read_text()
     assert "Metrics across rounds" in page and "round 2" in page
+
+
+def test_the_web_is_fetched_once_for_every_round(resumed, world):
+    # two rounds of CapFilt, and every URL of the web was asked for once: in round 0's fetch
+    requests = world["server"].web_requests
+    assert set(requests) == set(world["world"].web_labels), "a URL of the web was never fetched"
+    assert set(requests.values()) == {1}, {k: n for k, n in requests.items() if n != 1}
 
 
 def test_resume_refuses_changed_settings(resumed, world):

@@ -78,6 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _web(self, key: str, fmt: str, body: bool) -> None:
         world = self.server.world
+        with world.lock:
+            world.web_requests[key] = world.web_requests.get(key, 0) + 1
         entry = world.web.get(key)
         if entry is None or entry[0] != fmt or entry[1] == "not_found":
             self._send(HTTPStatus.NOT_FOUND, "text/html", b"<html><body>404 Not Found</body></html>", body)
@@ -126,6 +128,9 @@ class WorldServer:
         self.slow_seconds = slow_seconds
         self.verbose = verbose
         self.stopping = threading.Event()
+        # web key -> requests for it: what a test reads to see that a corpus was fetched once
+        self.web_requests: dict[str, int] = {}
+        self.lock = threading.Lock()
         self._httpd = _Server((host, port), _Handler)
         self._httpd.world = self
         self._thread: threading.Thread | None = None

@@ -1,8 +1,8 @@
 """run_rounds(settings): the bootstrapping loop, step by step, each step skipped when done.
 
     DIR/run.json                  settings and input fingerprints of the first start (--resume checks them)
-    DIR/round_0/web/              the web as it is: downloaded, no synthetic captions, every web caption
-                                  kept (bootstrap output; scored by a random model, DIR/round_0/web_scorer)
+    DIR/round_0/web/              the web as it is, fetched once (`bootstrap --download-only`): every
+                                  downloaded image with its web caption; every round's CapFilt reads it
     DIR/round_r/pretrain/         pre-training on human + web_r (web_r: round_0/web, or round_{r-1}/bootstrap)
     DIR/round_r/captioner/        the captioner, fine-tuned (LM) on human from round_r/pretrain/model
     DIR/round_r/filter/           the filter, fine-tuned (ITC+ITM) on human     (r < R)
@@ -28,9 +28,6 @@ from typing import Any, Callable
 from pipelines.rounds.record import (ROUNDS_FILE, RUN_FILE, build_rounds, changed_keys, fingerprint,
                                      marker_path, read_marker, write_json)
 from pipelines.rounds.settings import RoundsSettings
-
-WEB_SCORER = "web_scorer"
-
 
 class RoundsError(RuntimeError):
     """The loop cannot start (or go on) as asked; the message says why and what to do."""
@@ -91,13 +88,9 @@ class Loop:
 
     # -- steps -----------------------------------------------------------------------------
     def fetch(self, r: int) -> dict[str, Any]:
-        """The web as it is, downloaded once: every web caption kept, no synthetic captions."""
-        scorer = self.dir(0, WEB_SCORER)
-        if not (scorer / "config.json").is_file():
-            make_scorer(scorer, self.s.seed)
+        """The web as it is, downloaded once and never again: no model, every web caption kept."""
         out = self.dir(0, "web")
-        bs = self.s.bootstrap_settings(out, scorer, scorer, resume=out.exists(), num_captions=0,
-                                       filter_web=False, threshold=0.0)
+        bs = self.s.bootstrap_settings(out, None, None, resume=out.exists(), download_only=True)
         return {"output": self.rel(out), "input": self.s.web, **self._bootstrap(bs)}
 
     def pretrain(self, r: int) -> dict[str, Any]:
@@ -114,8 +107,10 @@ class Loop:
     def bootstrap(self, r: int) -> dict[str, Any]:
         out = self.dir(r, "bootstrap")
         captioner, filter_ = self.dir(r, "captioner") / "model", self.dir(r, "filter") / "model"
-        bs = self.s.bootstrap_settings(out, captioner, filter_, resume=out.exists())
-        return {"output": self.rel(out), "input": self.s.web, "captioner": self.rel(captioner),
+        # CapFilt of the images fetched in round 0: the same rows and keys, nothing downloaded again
+        bs = self.s.bootstrap_settings(out, captioner, filter_, resume=out.exists(), input=str(self.dir(0, "web")),
+                                       key_col=None)
+        return {"output": self.rel(out), "input": self.rel(self.dir(0, "web")), "captioner": self.rel(captioner),
                 "filter": self.rel(filter_), **self._bootstrap(bs)}
 
     def eval(self, r: int) -> dict[str, Any]:
@@ -160,7 +155,8 @@ class Loop:
         manifest = run_bootstrap(settings, verbose=True)
         return {"checkpoints": manifest["checkpoints"],
                 "counts": {k: manifest[k] for k in ("input_rows", "output_rows", "status", "kept",
-                                                    "synthetic_captions", "images_in_webdataset")},
+                                                    "synthetic_captions", "images_in_webdataset",
+                                                    "samples_in_webdataset")},
                 "settings": {k: v for k, v in manifest["settings"].items()
                              if k not in ("input", "output", "captioner", "filter", "resume", "overwrite")}}
 
@@ -197,24 +193,6 @@ class Loop:
                 else None, "rounds": rounds}
 
 
-def make_scorer(path: Path, seed: int) -> Path:
-    """A random tiny MED: the bootstrap graph scores every web caption, and the raw web needs
-    no real filter (its threshold is 0 and web captions are all kept)."""
-    import torch
-
-    from model.checkpoint import save_checkpoint
-    from model.config import preset
-    from model.med import MED
-    from model.tokenizer import train_wordpiece
-
-    tokenizer = train_wordpiece(["a picture of"], vocab_size=64)
-    torch.manual_seed(seed)
-    med = MED(preset("tiny", vocab_size=tokenizer.vocab_size, tokens=tokenizer.ids))
-    save_checkpoint(path, med, tokenizer, extra={"roles": ["filter"], "initialised": "random",
-                                                 "purpose": "scores the raw web; its scores mean nothing"})
-    return path
-
-
 def _start_ray(settings: RoundsSettings) -> bool:
     """Join RAY_ADDRESS, or start a local Ray sized for the largest job; True when started here."""
     import ray
@@ -226,7 +204,7 @@ def _start_ray(settings: RoundsSettings) -> bool:
         return True
     b = settings.bootstrap
     wanted = max(settings.num_workers * settings.cpus_per_worker + 1,
-                 (b.captioner_actors + b.filter_actors) * b.cpus_per_actor + b.download_cpus)
+                 (b.captioner_actors + b.filter_actors) * b.cpus_per_actor + b.download_cpus + 1)
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
              log_to_driver=False)
     return True

@@ -36,7 +36,7 @@ LOOP_OWNED = {
     "pretrain": {"data", "output", *SHARED_TRAIN},
     "caption": {"data", "output", "init", *SHARED_TRAIN},
     "filter": {"data", "output", "init", *SHARED_TRAIN},
-    "bootstrap": {"input", "output", "captioner", "filter", "resume", "overwrite", "seed"},
+    "bootstrap": {"input", "output", "captioner", "filter", "resume", "overwrite", "seed", "download_only"},
     "evaluate": {"checkpoint", "data", "output", "seed"},
 }
 SOURCES: dict[str, type[BaseModel]] = {
@@ -138,7 +138,7 @@ class RoundsSettings(BaseModel):
             values["init"] = init
         return TrainSettings.model_validate(values)
 
-    def bootstrap_settings(self, output: Path, captioner: Path, filter: Path, *, resume: bool = False,
+    def bootstrap_settings(self, output: Path, captioner: Path | None, filter: Path | None, *, resume: bool = False,
                            **changes: Any) -> BootstrapSettings:
         return BootstrapSettings.model_validate({**self.bootstrap.model_dump(), "input": self.web, "output": output,
                                                  "captioner": captioner, "filter": filter, "resume": resume,
