@@ -6,6 +6,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
+# OpenCLIP's own WebDataset loader, run by one test over capfilt's tars, in a venv of its own:
+# it needs torchvision, and PyPI's torchvision (a CUDA build; 0.28 is the one made for torch
+# 2.13.0) must not sit beside the project's CPU torch, where it breaks transformers' imports.
+OPENCLIP_VENV ?= .venv-openclip
 
 .PHONY: demo demo-full test install clean
 
@@ -18,6 +22,12 @@ $(BIN)/capfilt: pyproject.toml
 
 install: $(BIN)/capfilt
 
+$(OPENCLIP_VENV)/bin/python: Makefile
+	$(PYTHON) -m venv $(OPENCLIP_VENV)
+	$(OPENCLIP_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(OPENCLIP_VENV)/bin/pip install --quiet "open-clip-torch>=3.3" "torchvision<0.29" "webdataset>=0.2.111"
+	@touch $@
+
 # One whole round of CapFilt on the toy world served on loopback (about 17 min on 2 CPU cores).
 demo: install
 	$(BIN)/python -m capfilt.demo --output $(DEMO_OUT)
@@ -26,8 +36,8 @@ demo: install
 demo-full: install
 	$(BIN)/python -m capfilt.demo --output $(DEMO_OUT)-full --full
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install $(OPENCLIP_VENV)/bin/python
+	CAPFILT_OPENCLIP_PYTHON=$(OPENCLIP_VENV)/bin/python $(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT)
+	rm -rf $(VENV) $(OPENCLIP_VENV) $(DEMO_OUT)

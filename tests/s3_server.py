@@ -24,8 +24,14 @@ def _free_port() -> int:
 def s3_server(bucket: str = "capfilt") -> Iterator[str]:
     """Starts moto's S3 server on a free loopback port, points the AWS environment at it, makes
     `bucket`; yields the endpoint URL; stops the server and restores the environment."""
+    import logging
+
+    from moto.core.base_backend import BackendDict
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    # moto keeps its buckets in process-wide state: every server starts (and leaves) a clean slate
+    BackendDict.reset()
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -46,3 +52,4 @@ def s3_server(bucket: str = "capfilt") -> Iterator[str]:
             else:
                 os.environ[k] = v
         server.stop()
+        BackendDict.reset()

@@ -4,8 +4,8 @@ scores whose labels and right answer are known by construction; and `capfilt cal
 from __future__ import annotations
 
 import io
-import re
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from capfilt.calibration import CalibrationError, PrecisionUnreachable, calibrate, precision_recall_curve
+from capfilt.calibration import (
+    CalibrationError,
+    PrecisionUnreachable,
+    calibrate,
+    precision_recall_curve,
+)
 from capfilt.cli import main
-from pipelines.bootstrap.schema import OUTPUT_SCHEMA
-
+from pipelines.bootstrap.layout import OutputLayout, shard_files
+from pipelines.bootstrap.shard_output import output_table, shard_stats, tar_bytes
+from pipelines.bootstrap.storage import Storage
 
 # ------------------------------------------------------------ a bootstrap output folder, by hand
 
@@ -49,13 +55,27 @@ def bootstrap_row(key: str, status: str = "ok", web: str | None = "a red circle"
     return row
 
 
-def write_bootstrap_dir(root: Path, rows: list[dict[str, Any]], threshold: float = 0.5, shards: int = 2) -> Path:
-    """DIR/parquet/0000k.parquet (rows split over `shards` files) and DIR/manifest.json."""
-    (root / "parquet").mkdir(parents=True)
+def write_bootstrap_dir(root: Path | str, rows: list[dict[str, Any]], threshold: float = 0.5, shards: int = 2,
+                        parquet_images: bool = False, commit: bool = True) -> Path | str:
+    """DIR as pipelines/bootstrap writes it (rows split over `shards` shards): per shard
+    parquet/0000k.parquet (no images unless `parquet_images`), webdataset/0000k.tar (the kept pairs)
+    and stats, then its marker in _work/done/ (none when not `commit`); and manifest.json.
+    `root` may be an fsspec URL (s3://...)."""
+    storage = Storage(str(root))
+    layout = OutputLayout(storage)
+    storage.put("_work/run.json", b"{}")
     for k in range(shards):
-        part = rows[k::shards]
-        pq.write_table(pa.Table.from_pylist(part, schema=OUTPUT_SCHEMA), root / "parquet" / f"{k:05d}.parquet")
-    (root / "manifest.json").write_text(json.dumps({"settings": {"threshold": threshold}, "output_rows": len(rows)}))
+        part = sorted(rows[k::shards], key=lambda r: r["key"])
+        files = shard_files(k)
+        buf = io.BytesIO()
+        pq.write_table(output_table(part, pa.schema([]), parquet_images), buf)
+        storage.put(files["parquet"], buf.getvalue())
+        tar, samples, images = tar_bytes(part, download_only=False)
+        storage.put(files["webdataset"], tar)
+        storage.put(files["stats"], json.dumps(shard_stats(k, part, samples, images)).encode())
+        if commit:
+            layout.write_marker(k, {"shard": k, "files": files})
+    storage.put("manifest.json", json.dumps({"settings": {"threshold": threshold}, "output_rows": len(rows)}).encode())
     return root
 
 
@@ -167,6 +187,78 @@ def test_unreachable_precision_says_the_best():
 def test_bad_inputs(scores, clean, target, message):
     with pytest.raises(CalibrationError, match=re.escape(message)):
         calibrate(np.asarray(scores, dtype=float), np.asarray(clean), target)
+
+
+# ------------------------------------------------------------ reading a bootstrap output folder
+
+RED, GREEN, BLUE, GREY = (200, 30, 30), (30, 200, 30), (30, 30, 200), (90, 90, 90)
+
+
+def reader_rows() -> list[dict[str, Any]]:
+    """Keys that WebDataset names must escape, one whose sample name another row's web pair shares
+    (`a_web`: row `a`'s web pair is sample `a_web`), one kept only by a synthetic caption, one rejected."""
+    return [bootstrap_row("a", itm=0.9, image=jpeg(RED)),
+            bootstrap_row("a_web", itm=0.9, image=jpeg(GREEN, (40, 40))),
+            bootstrap_row("x.y/z", itm=0.1, image=jpeg(BLUE, (20, 30)), synthetic=[("a blue thing", 0.8)]),
+            bootstrap_row("rejected", itm=0.1, image=jpeg(GREY, (10, 10))),
+            bootstrap_row("failed", status="download_error")]
+
+
+def write_leftover(root: Path, shard: int, rows: list[dict[str, Any]]) -> None:
+    """A shard's files as a killed run leaves them: written, never committed."""
+    storage = Storage(str(root))
+    files = shard_files(shard)
+    buf = io.BytesIO()
+    pq.write_table(output_table(rows, pa.schema([]), True), buf)
+    storage.put(files["parquet"], buf.getvalue())
+    storage.put(files["webdataset"], tar_bytes(rows, download_only=False)[0])
+
+
+def test_scores_and_images_come_from_committed_shards_only(tmp_path):
+    from capfilt.calibration.inputs import read_images, read_scores
+
+    rows = reader_rows()
+    out = write_bootstrap_dir(tmp_path / "boot", rows, shards=1)
+    write_leftover(out, 1, [bootstrap_row("leftover", itm=0.9, image=jpeg(RED))])
+    assert read_scores(out).column("key").to_pylist() == sorted(r["key"] for r in rows)
+    by_key = {r["key"]: r["image"] for r in rows}
+    images = read_images(out, [r["key"] for r in rows] + ["leftover", "nowhere"])
+    # the rejected row has no pair in the tar, and no image column to fall back on
+    assert images == {k: by_key[k] for k in ("a", "a_web", "x.y/z")}
+    assert read_images(out, ["a_web"]) == {"a_web": by_key["a_web"]}  # not row a's sample `a_web`
+    assert read_images(out, []) == {}
+
+
+def test_images_fall_back_on_the_parquet_image_column(tmp_path):
+    from capfilt.calibration.inputs import read_images
+
+    rows = reader_rows()
+    out = write_bootstrap_dir(tmp_path / "boot", rows, parquet_images=True)
+    assert read_images(out, ["rejected", "a", "failed"]) == {"rejected": rows[3]["image"], "a": rows[0]["image"]}
+
+
+def test_a_run_without_a_committed_shard_is_said(tmp_path):
+    from capfilt.calibration.inputs import read_scores
+
+    out = write_bootstrap_dir(tmp_path / "boot", reader_rows(), commit=False)
+    with pytest.raises(CalibrationError, match="no committed shard yet: no parquet/\\*.parquet"):
+        read_scores(out)
+
+
+def test_scores_and_images_from_object_storage():
+    from s3_server import s3_server
+
+    from capfilt.calibration.inputs import read_images, read_manifest, read_scores
+
+    rows = reader_rows()
+    with s3_server():
+        out = write_bootstrap_dir("s3://capfilt/boot", rows)
+        Storage("s3://capfilt/boot").put("_work/done/00007.json", b"{}")  # a marker without files lists nothing
+        assert read_scores(out).column("key").to_pylist() == sorted(r["key"] for r in rows)
+        assert read_images(out, ["x.y/z", "rejected"]) == {"x.y/z": rows[2]["image"]}
+        assert read_manifest(out)["settings"]["threshold"] == 0.5
+        with pytest.raises(CalibrationError, match="no such folder"):
+            read_scores("s3://capfilt/nowhere")
 
 
 # ------------------------------------------------------------ `capfilt calibrate`

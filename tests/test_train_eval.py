@@ -3,7 +3,6 @@ random checkpoint over a world-like split (image paths relative to the Parquet f
 
 from __future__ import annotations
 
-import io
 import json
 
 import pyarrow as pa

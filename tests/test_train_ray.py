@@ -140,29 +140,27 @@ def test_bad_and_empty_data_fail_before_training(ray_local, tmp_path):
     assert not (tmp_path / "b" / "ray").exists()
 
 
-def test_webdataset_shards_and_parquet_give_the_same_pairs(ray_local, tmp_path):
-    """Bootstrap's WebDataset side (one kept caption per line of key.txt) reads as its Parquet side."""
-    import tarfile
+def test_a_bootstrap_output_reads_as_the_parquet_of_its_rows(ray_local, tmp_path):
+    """A bootstrap output folder (its committed tars: one kept pair per sample, an empty tar, a
+    killed run's leftover) gives the pairs that the same rows, images inline, give as Parquet."""
+    from test_train_s3 import committed_shards, leftover_shard, write_bootstrap_output
 
-    from pipelines.train.data import pair_dataset, resolve_sources, scan_pairs
+    from pipelines.train.data import pair_dataset, resolve_sources
 
-    parquet = write_pairs(tmp_path / "boot" / "parquet" / "part-0.parquet", 6)
-    table = pq.read_table(parquet).to_pylist()
-    shard = tmp_path / "shards" / "00000.tar"
-    shard.parent.mkdir()
-    with tarfile.open(shard, "w") as tar:
-        for row in table:
-            for ext, payload in (("jpg", row["image"]), ("txt", f"{row['web_caption']}\nanother caption".encode()),
-                                 ("json", b'{"status": "ok"}')):
-                info = tarfile.TarInfo(f"{row['key']}.{ext}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    boot_sources = resolve_sources([str(tmp_path / "boot")])
-    shard_sources = resolve_sources([str(shard.parent)])
-    assert [s.kind for s in boot_sources + shard_sources] == ["parquet", "webdataset"]
-    assert scan_pairs(pair_dataset(boot_sources), boot_sources)[0] == 6
-    count, captions = scan_pairs(pair_dataset(shard_sources), shard_sources, caption_limit=100)
-    assert count == 12 and sorted(set(captions)) == sorted({r["web_caption"] for r in table} | {"another caption"})
+    shards = committed_shards()
+    write_bootstrap_output(str(tmp_path / "boot"), shards, leftover_shard())
+    columns = ("key", "status", "web_caption", "web_kept", "synthetic_captions", "synthetic_kept", "image")
+    pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for rows in shards for r in rows]),
+                   tmp_path / "rows.parquet")
+    boot = resolve_sources([str(tmp_path / "boot")])
+    flat = resolve_sources([str(tmp_path / "rows.parquet")])
+    assert [s.kind for s in boot + flat] == ["webdataset", "parquet"]
+
+    def pairs(sources) -> list[tuple[str, str, bytes]]:
+        return sorted((r["caption"], r["image_key"], r["image"]) for r in pair_dataset(sources).take_all())
+
+    from_tars = pairs(boot)
+    assert len(from_tars) == 12 and from_tars == pairs(flat)
 
 
 def test_relative_paths_from_the_working_directory(pretrained, data, tmp_path, monkeypatch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +14,13 @@ from PIL import Image
 
 from pipelines.train.augment import collate, image_id, random_resized_crop
 from pipelines.train.data import DataError, resolve_source, resolve_sources
-from pipelines.train.optim import lr_at, make_optimizer, make_scheduler, parameter_groups, total_steps
+from pipelines.train.optim import (
+    lr_at,
+    make_optimizer,
+    make_scheduler,
+    parameter_groups,
+    total_steps,
+)
 from pipelines.train.pairs import decode_image, rows_to_pairs
 from pipelines.train.settings import TrainSettings
 
@@ -148,12 +153,58 @@ def test_world_split_rows_read_image_paths_relative_to_the_file(tmp_path):
     assert out["image"][0] == jpeg()
 
 
-def test_webdataset_rows_one_caption_per_line_and_img2dataset_status():
-    batch = {"__key__": objects(["0", "1", "2"]), "jpg": objects([jpeg(), jpeg(), jpeg()]),
-             "txt": objects([b"first\nsecond\n", b"third", b"fourth"]),
-             "json": objects([b'{"status": "success"}', b'{"status": "success"}', b'{"status": "failed_to_download"}'])}
+def test_webdataset_rows_one_caption_per_sample_and_img2dataset_status():
+    batch = {"__key__": objects(["0", "1", "2", "3"]), "jpg": objects([jpeg(), jpeg(), jpeg(), jpeg()]),
+             "txt": objects([b"first line\nsame caption\n", b"third", b"fourth", b"  "]),
+             "json": objects([b'{"status": "success", "key": "0"}', b'{"status": "success"}',
+                              b'{"status": "failed_to_download"}', b'{"status": "success"}'])}
     out = rows_to_pairs(batch)
-    assert list(out["caption"]) == ["first", "second", "third"]
+    # a .txt is one caption, whatever it holds; an empty one gives no pair
+    assert list(out["caption"]) == ["first line\nsame caption", "third"]
+    assert list(out["image_key"]) == ["0", "1"]
+
+
+def test_bootstrap_samples_of_one_image_share_its_key():
+    """Samples `k_web` and `k_syn0` are one image: ITC and ITM take the row key from the .json."""
+    meta = [{"key": "a.b/c", "status": "ok", "caption_source": "web"},
+            {"key": "a.b/c", "status": "ok", "caption_source": "synthetic"},
+            {"key": "d", "status": "ok"}]
+    batch = {"__key__": objects(["a%2Eb%2Fc_web", "a%2Eb%2Fc_syn0", "d"]),
+             "jpg": objects([jpeg(), jpeg(), jpeg((0, 0, 200))]),
+             "txt": objects([b"a red square", b"a picture of a red square", b"a blue square"]),
+             "json": objects([json.dumps(m).encode() for m in meta]),
+             "path": objects(["s3://b/boot/webdataset/00000.tar"] * 3)}
+    out = rows_to_pairs(batch)
+    assert list(out["caption"]) == ["a red square", "a picture of a red square", "a blue square"]
+    assert list(out["image_key"]) == ["a.b/c", "a.b/c", "d"]
+    ids = [image_id(k) for k in out["image_key"]]
+    assert ids[0] == ids[1] != ids[2]
+
+
+def test_webdataset_key_falls_back_on_the_sample_name():
+    batch = {"__key__": objects(["s0", "s1"]), "jpg": objects([jpeg(), jpeg()]), "txt": objects([b"one", b"two"]),
+             "json": objects([b"not json", None])}
+    assert list(rows_to_pairs(batch)["image_key"]) == ["s0", "s1"]
+    no_json = {"__key__": objects(["s2"]), "png": objects([jpeg()]), "txt": objects(["three"])}
+    assert list(rows_to_pairs(no_json)["image_key"]) == ["s2"]
+
+
+def test_empty_batch_gives_empty_pairs():
+    out = rows_to_pairs({})
+    assert {k: len(v) for k, v in out.items()} == {"image": 0, "caption": 0, "image_key": 0}
+
+
+def test_image_paths_read_through_a_given_filesystem(tmp_path):
+    """A Parquet split on object storage: its relative image paths are read with its filesystem,
+    whose paths (no protocol) Ray Data's `path` column holds."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/bucket/world/images/x.jpg", jpeg())
+    batch = {"image_id": objects(["x", "y"]), "image": objects(["images/x.jpg", "images/y.jpg"]),
+             "caption": objects(["one", "two"]), "path": objects(["/bucket/world/human.parquet"] * 2)}
+    out = rows_to_pairs(batch, fs=fs)
+    assert list(out["caption"]) == ["one"] and out["image"][0] == jpeg()
 
 
 def test_undecodable_image_is_none():
@@ -181,17 +232,42 @@ def test_a_whole_toy_world_asks_for_a_split(tmp_path):
 
 
 def test_source_kinds(tmp_path):
+    from pipelines.bootstrap.layout import OutputLayout, shard_files
+    from pipelines.bootstrap.storage import Storage
+
     boot = tmp_path / "boot"
-    (boot / "parquet").mkdir(parents=True)
-    (boot / "webdataset").mkdir()
-    pq.write_table(pa.table({"key": ["a"]}), boot / "parquet" / "part-0.parquet")
-    (boot / "webdataset" / "00000.tar").write_bytes(b"")
-    assert resolve_source(str(boot)).kind == "parquet"  # bootstrap: the side with the kept flags
+    storage = Storage(str(boot))
+    storage.put("_work/run.json", b"{}")
+    for shard in (0, 1, 2):
+        storage.put(shard_files(shard)["parquet"], b"")
+        storage.put(shard_files(shard)["webdataset"], b"")
+    with pytest.raises(DataError, match="bootstrap output with no committed shard yet"):
+        resolve_source(str(boot))
+    for shard in (0, 2):  # shard 1 is a killed run's leftover
+        OutputLayout(storage).write_marker(shard, {"files": shard_files(shard)})
+    source = resolve_source(str(boot))
+    # bootstrap: the committed shards' tars, which hold the images and one kept pair per sample
+    assert source.kind == "webdataset" and source.local
+    assert source.files == (str(boot / "webdataset" / "00000.tar"), str(boot / "webdataset" / "00002.tar"))
     i2d = tmp_path / "i2d"
     i2d.mkdir()
     (i2d / "00000.tar").write_bytes(b"")
+    (i2d / ".00001.tar.tmp").write_bytes(b"")
     pq.write_table(pa.table({"key": ["a"]}), i2d / "00000.parquet")
-    assert resolve_source(str(i2d)).kind == "webdataset"  # img2dataset: the shards hold the images
+    source = resolve_source(str(i2d))
+    assert source.kind == "webdataset"  # img2dataset: the shards hold the images
+    assert source.files == (str(i2d / "00000.tar"),)
+    split = tmp_path / "world" / "human.parquet"
+    split.parent.mkdir()
+    pq.write_table(pa.table({"key": ["a"]}), split)
+    assert resolve_source(f"file://{split}").files == (str(split),)
+
+
+def test_relative_paths_resolve_absolute(tmp_path, monkeypatch):
+    (tmp_path / "d").mkdir()
+    pq.write_table(pa.table({"key": ["a"]}), tmp_path / "d" / "part.parquet")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("d").files == (str(tmp_path / "d" / "part.parquet"),)
 
 
 def test_settings_refuse_fine_tune_without_init(tmp_path):
@@ -206,7 +282,13 @@ def test_train_state_round_trip(tmp_path):
     from model.config import preset
     from model.med import MED
     from model.tokenizer import train_wordpiece
-    from pipelines.train.state import Progress, load_rng, load_train_state, save_rng, save_train_state
+    from pipelines.train.state import (
+        Progress,
+        load_rng,
+        load_train_state,
+        save_rng,
+        save_train_state,
+    )
     from pipelines.train.step import build_task
 
     tok = train_wordpiece(["a red square on the left"] * 5, vocab_size=64)

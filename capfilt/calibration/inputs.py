@@ -1,6 +1,11 @@
 """Reading a bootstrap output folder's scores and a labels file, and joining them on key.
 
-Scores: `DIR/parquet/*.parquet` as `pipelines/bootstrap` writes them (one row per input row).
+Scores: the committed shards of a bootstrap output folder (a local path or an fsspec URL such as
+s3://bucket/x), as `pipelines/bootstrap` writes them (layout.py): only the files that a marker in
+`_work/done/` lists are read, so a killed run's leftovers never count. Scores come from the
+Parquet files (one row per input row, no images); an example's image from the shard's WebDataset
+tar (any sample of the row holds it), or from the Parquet `image` column where the run wrote one
+(--parquet-images).
 Labels: a table with `key` and either `noise` (the toy world's web_labels: "correct" is clean,
 any other kind is noise) or `clean` (bool); Parquet, CSV or JSON lines, or a toy world folder
 (its web_labels.parquet). Every row that cannot take part is counted with its reason.
@@ -9,6 +14,9 @@ any other kind is noise) or `clean` (bool); Parquet, CSV or JSON lines, or a toy
 from __future__ import annotations
 
 import json
+import posixpath
+import re
+import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +27,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.json as pajson
+import pyarrow.parquet as pq
 
 from capfilt.calibration.curve import CalibrationError
+from pipelines.bootstrap.layout import DONE, MANIFEST, PARQUET, WORK, OutputLayout
+from pipelines.bootstrap.shard_output import wds_key
+from pipelines.bootstrap.storage import Storage
 
 OK = "ok"  # the bootstrap's status of a row that was downloaded, captioned and scored
 CLEAN_NOISE_KINDS = frozenset({"correct", "clean"})
@@ -28,21 +40,45 @@ WORLD_LABELS = "web_labels.parquet"
 # What a report or a calibration needs of each row; the image bytes are read apart, for few rows.
 SCORE_COLUMNS = ("key", "status", "error", "web_caption", "web_itm", "web_kept",
                  "synthetic_captions", "synthetic_itm", "synthetic_kept")
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+PAIR_SUFFIX = re.compile(r"_(web|syn\d+)$")  # sample `k_web`, `k_syn0` of row `k` (shard_output.py)
 
 
-def parquet_files(scores_dir: Path) -> list[Path]:
-    folder = Path(scores_dir) / "parquet"
-    if not Path(scores_dir).is_dir():
+def _storage(scores_dir: str | Path) -> Storage:
+    storage = Storage(str(scores_dir))
+    try:
+        found = storage.fs.isdir(storage.root)
+    except Exception as exc:  # noqa: BLE001 - s3fs, gcsfs... raise their own types (no credentials, no bucket)
+        raise CalibrationError(f"{scores_dir}: cannot read: {exc}") from None
+    if not found:
         raise CalibrationError(f"{scores_dir}: no such folder (expected a bootstrap output folder)")
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    if not files:
+    return storage
+
+
+def committed_shards(scores_dir: str | Path) -> tuple[Storage, list[dict[str, str]]]:
+    """The folder's storage and the files (by kind, root-relative) of each committed shard with a
+    Parquet file, in shard order."""
+    storage = _storage(scores_dir)
+    shards = [m.get("files", {}) for _, m in OutputLayout(storage).markers()]
+    shards = [files for files in shards if "parquet" in files]
+    if not shards:
+        if storage.exists(WORK) or storage.list(PARQUET):
+            raise CalibrationError(f"{scores_dir}: no committed shard yet: no parquet/*.parquet files listed by a "
+                                   f"marker in {DONE}/ (a run that has not committed a shard, or an output "
+                                   f"written before markers)")
         raise CalibrationError(f"{scores_dir}: no parquet/*.parquet files (is it a bootstrap output folder?)")
-    return files
+    return storage, shards
 
 
-def read_scores(scores_dir: Path, columns: tuple[str, ...] = SCORE_COLUMNS) -> pa.Table:
-    """The bootstrap rows (without images), sorted by key."""
-    dataset = pads.dataset([str(p) for p in parquet_files(scores_dir)], format="parquet")
+def _arrow_fs(storage: Storage) -> Any:
+    return None if storage.local else storage.fs  # pyarrow wraps an fsspec filesystem itself
+
+
+def read_scores(scores_dir: str | Path, columns: tuple[str, ...] = SCORE_COLUMNS) -> pa.Table:
+    """The bootstrap rows of the committed shards (without images), sorted by key."""
+    storage, shards = committed_shards(scores_dir)
+    dataset = pads.dataset([storage.path(f["parquet"]) for f in shards], format="parquet",
+                           filesystem=_arrow_fs(storage))
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
         raise CalibrationError(f"{scores_dir}: parquet files lack column(s) {', '.join(missing)}")
@@ -50,18 +86,82 @@ def read_scores(scores_dir: Path, columns: tuple[str, ...] = SCORE_COLUMNS) -> p
     return table.sort_by("key")
 
 
-def read_images(scores_dir: Path, keys: list[str]) -> dict[str, bytes]:
-    """key -> image bytes for the rows of `keys` that hold an image."""
-    if not keys:
+def _tar_images(storage: Storage, rel: str, keys: set[str]) -> dict[str, bytes]:
+    """key -> image of the rows of `keys` that have a sample in the tar `rel`.
+
+    A sample is matched by name (`wds_key(key)`, alone or with `_web`/`_synN`) and confirmed by
+    its .json's "key" when it has one: key `a_web`'s sample and key `a`'s web pair share a name."""
+    names = {wds_key(k): k for k in keys}
+    found: dict[str, bytes] = {}
+    base, image, meta_key = None, None, None
+
+    def flush() -> None:
+        if base is None or image is None:
+            return
+        key = meta_key if meta_key is not None else names.get(base) or names.get(PAIR_SUFFIX.sub("", base))
+        if key in keys:
+            found.setdefault(key, image)
+
+    try:
+        with storage.open(rel, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:  # seekable: only the headers and the wanted members are read
+                if not member.isfile():
+                    continue
+                name_base, _, suffix = posixpath.basename(member.name).partition(".")
+                if name_base != base:
+                    flush()
+                    if len(found) == len(keys):
+                        return found
+                    base, image, meta_key = name_base, None, None
+                if name_base not in names and PAIR_SUFFIX.sub("", name_base) not in names:
+                    continue
+                if suffix.lower() in IMAGE_SUFFIXES:
+                    image = tar.extractfile(member).read()
+                elif suffix == "json":
+                    try:
+                        meta = json.loads(tar.extractfile(member).read())
+                    except ValueError:
+                        meta = {}
+                    meta_key = meta.get("key") if isinstance(meta, dict) else None
+            flush()
+    except (tarfile.ReadError, FileNotFoundError):  # an unreadable tar: its rows show without an image
+        pass
+    return found
+
+
+def read_images(scores_dir: str | Path, keys: list[str]) -> dict[str, bytes]:
+    """key -> image bytes for the rows of `keys` whose image the output holds: from the tar of
+    the shard that has the row (a row without a kept pair has no sample there), else from the
+    Parquet `image` column when the run wrote one. Only the shards that hold a wanted row are opened."""
+    wanted = set(keys)
+    if not wanted:
         return {}
-    dataset = pads.dataset([str(p) for p in parquet_files(scores_dir)], format="parquet")
-    table = dataset.to_table(columns=["key", "image"], filter=pads.field("key").isin(keys))
-    return {k: v for k, v in zip(table.column("key").to_pylist(), table.column("image").to_pylist()) if v}
+    storage, shards = committed_shards(scores_dir)
+    filesystem = _arrow_fs(storage)
+    found: dict[str, bytes] = {}
+    for files in shards:
+        missing = wanted - found.keys()
+        if not missing:
+            break
+        path = storage.path(files["parquet"])
+        here = set(pq.read_table(path, columns=["key"], filters=pads.field("key").isin(sorted(missing)),
+                                 filesystem=filesystem).column("key").to_pylist())
+        if not here:
+            continue
+        if "webdataset" in files:
+            found.update(_tar_images(storage, files["webdataset"], here))
+        rest = here - found.keys()
+        if rest and "image" in pq.read_schema(path, filesystem=filesystem).names:
+            table = pq.read_table(path, columns=["key", "image"], filters=pads.field("key").isin(sorted(rest)),
+                                  filesystem=filesystem)
+            found.update({k: v for k, v in zip(table.column("key").to_pylist(), table.column("image").to_pylist())
+                          if v})
+    return found
 
 
-def read_manifest(scores_dir: Path) -> dict[str, Any]:
-    path = Path(scores_dir) / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def read_manifest(scores_dir: str | Path) -> dict[str, Any]:
+    storage = Storage(str(scores_dir))
+    return json.loads(storage.get(MANIFEST)) if storage.exists(MANIFEST) else {}
 
 
 def _read_table(path: Path) -> pa.Table:

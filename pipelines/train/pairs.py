@@ -6,20 +6,26 @@ Plain functions over Ray Data batch dicts, testable on hand-made batches:
   - toy-world splits and other Parquet: image bytes (`image`, `jpg`, `png`) or an image path
     (`image` as text, `image_path`, `file`, ...; relative to the Parquet file's folder) and `captions` (a list) or
     `caption` (one string);
-  - WebDataset shards (bootstrap's or img2dataset's): the image entry and `txt`, one kept caption
-    per line; an img2dataset `json` entry whose status is not "success" drops the sample.
+  - WebDataset samples (bootstrap's or img2dataset's): the image entry and `txt`, which holds one
+    caption (an empty one gives no pair); the image key is the `json` entry's "key" (the row key:
+    bootstrap's samples `k_web` and `k_syn0` are one image, which ITC and ITM must know), else
+    `__key__`; a `json` whose status is not "ok"/"success" (img2dataset's failures) drops the sample.
+
+Image paths are read through an fsspec filesystem when one is given (a Parquet split on object
+storage), from the local disk otherwise.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import posixpath
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
-
 
 IMAGE_BYTE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "image_bytes")
 IMAGE_PATH_COLUMNS = ("image_path", "file", "file_name", "filepath", "image_file")
@@ -80,31 +86,46 @@ def row_captions(batch: dict[str, np.ndarray], i: int) -> list[str]:
         captions = [_text(c) for c in _as_list(batch["captions"][i])]
     elif "caption" in batch:
         captions = [_text(batch["caption"][i])]
-    elif "txt" in batch:  # WebDataset: one kept caption per line
-        captions = _text(batch["txt"][i]).splitlines()
+    elif "txt" in batch:  # WebDataset: one caption per sample (OpenCLIP's and img2dataset's convention)
+        captions = [_text(batch["txt"][i])]
     elif "text" in batch:
         captions = [_text(batch["text"][i])]
     return [c for c in (c.strip() for c in captions) if c]
 
 
-def _row_ok(batch: dict[str, np.ndarray], i: int) -> bool:
+def sample_meta(batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    """A WebDataset sample's `json` entry as a dict ({} when absent or unreadable)."""
+    value = batch["json"][i] if "json" in batch else None
+    if isinstance(value, dict):  # a reader that decoded it already
+        return value
+    if value is None:
+        return {}
+    try:
+        meta = json.loads(_text(value) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _row_ok(batch: dict[str, np.ndarray], i: int, meta: dict[str, Any]) -> bool:
     if "status" in batch and batch["status"][i] not in OK_STATUSES:
         return False
-    if "json" in batch and batch["json"][i] is not None:  # img2dataset's per-sample metadata
-        try:
-            meta = json.loads(_text(batch["json"][i]) or "{}")
-        except json.JSONDecodeError:
-            return True
-        if isinstance(meta, dict) and meta.get("status") not in OK_STATUSES:
-            return False
-    return True
+    return meta.get("status") in OK_STATUSES  # img2dataset's and bootstrap's per-sample status
 
 
-def rows_to_pairs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _read_path(path: str, fs: Any) -> bytes | None:
+    try:
+        return fs.cat_file(path) if fs is not None else Path(path).read_bytes()
+    except OSError:
+        return None
+
+
+def rows_to_pairs(batch: dict[str, np.ndarray], fs: Any = None) -> dict[str, np.ndarray]:
     """A batch of any supported format -> columns image (bytes), caption, image_key.
 
     Image paths are read here, relative to the folder of the file the row came from (the
-    `path` column that Ray Data's `include_paths` adds)."""
+    `path` column that Ray Data's `include_paths` adds), through `fs` (an fsspec filesystem,
+    whose paths the `path` column holds) when given, else from the local disk."""
     n = len(next(iter(batch.values()))) if batch else 0
     images: list[bytes] = []
     captions: list[str] = []
@@ -114,7 +135,8 @@ def rows_to_pairs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     key_col = _column(batch, KEY_COLUMNS)
     sources = batch.get("path")
     for i in range(n):
-        if not _row_ok(batch, i):
+        meta = sample_meta(batch, i)
+        if not _row_ok(batch, i, meta):
             continue
         texts = row_captions(batch, i)
         if not texts:
@@ -126,16 +148,13 @@ def rows_to_pairs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         else:
             path_value = path_col[1][i] if path_col is not None else None
         if data is None and path_value:
-            image_path = Path(_text(path_value))
-            if not image_path.is_absolute() and sources is not None:
-                image_path = Path(str(sources[i])).parent / image_path
-            try:
-                data = image_path.read_bytes()
-            except OSError:
-                data = None
+            image_path = _text(path_value)
+            if not posixpath.isabs(image_path) and sources is not None:
+                image_path = posixpath.join(posixpath.dirname(str(sources[i])), image_path)
+            data = _read_path(image_path, fs)
         if data is None:
             continue
-        key = _text(key_col[1][i]) if key_col is not None else ""
+        key = _text(meta.get("key")) or (_text(key_col[1][i]) if key_col is not None else "")
         if not key:
             key = f"{_text(sources[i]) if sources is not None else ''}#{i}"
         for text in texts:
