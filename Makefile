@@ -25,7 +25,7 @@ install: $(BIN)/capfilt
 $(OPENCLIP_VENV)/bin/python: Makefile
 	$(PYTHON) -m venv $(OPENCLIP_VENV)
 	$(OPENCLIP_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
-	$(OPENCLIP_VENV)/bin/pip install --quiet "open-clip-torch>=3.3" "torchvision<0.29" "webdataset>=0.2.111"
+	$(OPENCLIP_VENV)/bin/pip install --quiet "open-clip-torch>=3.3" "torchvision<0.29" "webdataset>=0.2.111" pandas braceexpand
 	@touch $@
 
 # One whole round of CapFilt on the toy world served on loopback (about 17 min on 2 CPU cores).
