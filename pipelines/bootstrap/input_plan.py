@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from pipelines.bootstrap.input_keys import RepeatedKeys, find_repeated_keys
 from pipelines.bootstrap.input_split import ColumnTypes, SplitJob, split_inputs
-from pipelines.bootstrap.layout import DONE, MANIFEST, PARQUET, RUN_FILE, WEBDATASET, OutputLayout
+from pipelines.bootstrap.layout import DONE, INPUT, MANIFEST, PARQUET, RUN_FILE, WEBDATASET, OutputLayout
 from pipelines.bootstrap.parquet_ranges import FooterError, FooterSlicer, footer_metadata, read_footer
 from pipelines.bootstrap.settings import BootstrapSettings
 from pipelines.bootstrap.storage import Storage, open_fs
@@ -367,6 +367,8 @@ def plan_input(settings: BootstrapSettings, layout: OutputLayout) -> InputPlan:
         shards, extra_schema = _plan_tables(source, settings, layout)
     # keys of img2dataset and capfilt outputs are theirs, already unique
     duplicates = find_repeated_keys(shards, settings) if settings.key_col and source.kind == "tables" else None
-    cuts = [(s.kind, s.path, s.rg_start, s.rg_stop, s.rows, s.first_index) for s in shards]
+    # pieces by their place in the output, not its URL: a copied or moved output resumes as well
+    cuts = [(s.kind, s.path.rsplit(f"/{INPUT}/", 1)[-1] if s.kind == "piece" else s.path, s.rg_start, s.rg_stop,
+             s.rows, s.first_index) for s in shards]
     fingerprint = hashlib.sha256(json.dumps([_fingerprint_of(source, settings), cuts]).encode()).hexdigest()
     return InputPlan(shards, fingerprint, duplicates, extra_schema)
