@@ -83,6 +83,8 @@ def test_ray_job_submit_runs_the_bootstrap_job(head, tmp_path):
         )
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "rows out" in job.stdout, "the summary table is printed at the end"
+    # the driver's progress reaches `ray job logs` (what `submit` follows): rows done / total, rate, ETA
+    assert f"bootstrap: rows {ROWS}/{ROWS} (100.0%)" in job.stdout and "rows/s, ETA" in job.stdout
     table = pq.read_table(out / "parquet")
     assert table.num_rows == ROWS and len(set(table.column("key").to_pylist())) == ROWS
     assert (out / "manifest.json").is_file()

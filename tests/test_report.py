@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -245,6 +245,12 @@ def test_undecodable_image_is_said_not_broken(tmp_path):
     a, b = examples_by_key(doc)["a"], examples_by_key(doc)["b"]
     assert a.find_all("img") == [] and "cannot be decoded" in a.all_text()
     (img,) = b.find_all("img")
+    # a row whose image the output does not hold (nothing kept, no --parquet-images) says that
+    from capfilt.report.page import _example
+
+    stored = next(e for e in gather(out, None, examples=10).examples if e.key == "b")
+    missing = replace(stored, image=None, image_mime="", image_stored=False)
+    assert "no image stored" in _example(missing) and "cannot be decoded" not in _example(missing)
     assert Image.open(io.BytesIO(base64.b64decode(img.attrs["src"].split(",", 1)[1]))).size == (256, 85)
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from capfilt.calibration.curve import CalibrationError, CalibrationResult, calibrate
 from capfilt.calibration.inputs import LabelledScores, join_labels, read_labels, read_manifest, read_scores
@@ -17,12 +18,18 @@ class CalibrateSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    scores: Path = Field(description="Bootstrap output folder (parquet/*.parquet with web_itm).")
+    scores: str = Field(description="Bootstrap output folder, local or an fsspec URL such as s3://bucket/run "
+                                    "(its committed parquet/*.parquet, with web_itm).")
     labels: Path = Field(description="Labels: .parquet/.csv/.jsonl with key and noise (or clean), "
                                      "or a toy world folder.")
     precision: float = Field(gt=0, le=1, description="Target share of kept web captions that are clean.")
     output: Path | None = Field(None, description="Write the result and the full precision/recall curve "
                                                   "here as JSON.")
+
+    @field_validator("scores", mode="before")
+    @classmethod
+    def _scores_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def run_calibration(settings: CalibrateSettings) -> tuple[CalibrationResult, LabelledScores, dict[str, Any]]:

@@ -64,11 +64,14 @@ class Example:
     """One image and its captions, as in BLIP's Figure 4."""
 
     key: str
-    image: bytes | None  # JPEG/PNG bytes the browser can show, or None when undecodable
+    image: bytes | None  # JPEG/PNG bytes the browser can show, or None when undecodable or not stored
     image_mime: str
     web: Caption
     synthetic: tuple[Caption, ...]
     noise: str | None  # the label's noise kind, when labels were given
+    # False when the output holds no image for the row: the tars store kept pairs' images only
+    # (unless --parquet-images), so a row with nothing kept has none
+    image_stored: bool = True
 
 
 @dataclass
@@ -133,7 +136,7 @@ def _example(row: dict[str, Any], image: bytes | None, labels: Labels | None) ->
         for text, itm, kept in zip(row["synthetic_captions"] or [], row["synthetic_itm"] or [],
                                    row["synthetic_kept"] or [])
     )
-    return Example(key=row["key"], image=page_image, image_mime=mime,
+    return Example(key=row["key"], image=page_image, image_mime=mime, image_stored=image is not None,
                    web=Caption(row["web_caption"], row["web_itm"], bool(row["web_kept"])),
                    synthetic=synthetic, noise=labels.noise.get(row["key"]) if labels else None)
 

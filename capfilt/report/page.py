@@ -73,6 +73,9 @@ def _example(ex: Example) -> str:
     if ex.image is not None:
         src = f"data:{ex.image_mime};base64," + base64.b64encode(ex.image).decode("ascii")
         picture = f'<img src="{src}" alt="image {_e(ex.key)}">'
+    elif not ex.image_stored:
+        # the tars hold the images of kept pairs only; --parquet-images keeps every image
+        picture = '<div class="noimage">no image stored: nothing of this row was kept</div>'
     else:
         picture = '<div class="noimage">image cannot be decoded</div>'
     meta = _e(ex.key) + (f" · label: {_e(ex.noise)}" if ex.noise is not None else "")
