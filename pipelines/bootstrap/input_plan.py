@@ -126,21 +126,31 @@ def _hidden(path: str, root: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
 
 
+def _file_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """fs.info of a file; None for a folder or nothing. Asked before isdir, and instead of isfile:
+    fsspec's http:// answers both of those with a GET of the whole file, info with one HEAD."""
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    return info if info.get("type") == "file" else None
+
+
 def _list(fs: fsspec.AbstractFileSystem, path: str, spec: str) -> list[tuple[str, dict[str, Any]]]:
     if any(ch in path for ch in "*?["):
         found = fs.glob(path, detail=True)
         root = path[: min(path.find(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+    elif (info := _file_info(fs, path)) is not None:
+        return [(path, info)]
     elif fs.isdir(path):
         found, root = fs.find(path, detail=True), path
-    elif fs.isfile(path):
-        return [(path, fs.info(path))]
     else:
         raise InputError(f"input: nothing found at {spec}")
     return sorted((p, i) for p, i in found.items() if i.get("type") != "directory" and not _hidden(p, root))
 
 
 def _is_capfilt_output(fs: fsspec.AbstractFileSystem, path: str) -> bool:
-    if any(ch in path for ch in "*?[") or not fs.isdir(path):
+    if any(ch in path for ch in "*?[") or _file_info(fs, path) is not None or not fs.isdir(path):
         return False
     return fs.isdir(f"{path}/{DONE}") or (fs.isfile(f"{path}/{MANIFEST}") and fs.isdir(f"{path}/{PARQUET}")
                                           and fs.isdir(f"{path}/{WEBDATASET}"))
