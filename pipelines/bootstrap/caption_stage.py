@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from model.generation import GenerationSettings, generate_captions
+from model.generation import GenerationSettings, decoder_prefix, generate_captions
 from pipelines.bootstrap.model_stage import CheckpointStage, busy_seconds, key_seed
 from pipelines.bootstrap.schema import as_table, batch_len, object_column
 from pipelines.bootstrap.settings import BootstrapSettings
@@ -34,6 +34,10 @@ class CaptionStage(CheckpointStage):
         super().__init__(settings.captioner, settings.num_gpus_per_actor)
         self.settings = settings
         self.generation = generation_settings(settings)
+        # a setting that cannot work stops the job here, before any row, not as a stage_error per batch
+        prefix = decoder_prefix(self.tokenizer, settings.prompt, self.med.config.tokens)
+        if len(prefix) >= settings.max_length:
+            raise ValueError(f"the prompt takes {len(prefix)} tokens; max_length {settings.max_length} leaves no room")
 
     @guarded("caption")
     @torch.inference_mode()
