@@ -11,7 +11,7 @@ DEMO_OUT ?= demo-out
 # 2.13.0) must not sit beside the project's CPU torch, where it breaks transformers' imports.
 OPENCLIP_VENV ?= .venv-openclip
 
-.PHONY: demo demo-full test install clean
+.PHONY: demo demo-full test install clean bench
 
 $(BIN)/capfilt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ demo-full: install
 
 test: install $(OPENCLIP_VENV)/bin/python
 	CAPFILT_OPENCLIP_PYTHON=$(OPENCLIP_VENV)/bin/python $(BIN)/python -m pytest -q
+
+# Speed at BLIP-base shapes (random weights made on the spot): the model levers one by one, bf16
+# parity, then `capfilt bootstrap` against the plain transformers loop at 32 and 256 images; JSON
+# and one Markdown summary in benchmarks/results/. The plain loop's 256 images alone take ~16 min
+# on 2 cores: it runs once, and its time to image 32 stands for the 32-image run (--plain-prefix).
+# BENCH_ARGS passes options to the comparison (e.g. --repeats 3 for a median at 32 images).
+BENCH_ARGS ?= --images 32 256 --repeats 1 --repeats-large 1 --plain-prefix
+bench: install
+	$(BIN)/python -m benchmarks.model_levers --images 2 --repeats 3
+	$(BIN)/python -m benchmarks.precision_parity --images 4
+	$(BIN)/python -m benchmarks.bootstrap_vs_transformers $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.summary
 
 clean:
 	rm -rf $(VENV) $(OPENCLIP_VENV) $(DEMO_OUT)

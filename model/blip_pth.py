@@ -121,16 +121,17 @@ def med_from_blip_pth(
     if has_encoder and has_decoder:
         # Where the file's shared weights are equal, they are one tensor in the MED (the strict
         # assignment checks that every alias given agrees).
-        med = MED(config, tie=_decoder_is_tied(renamed))
+        med = MED.unfilled(config, tie=_decoder_is_tied(renamed))
         allow: tuple[str, ...] = ("temp",)
         allow += tuple(p for p in ("vision_proj.", "text_proj.", "itm_head.") if p + "weight" not in renamed)
     elif has_decoder:
         src, dst = "text_decoder.bert.", "text_encoder."
         renamed.update({dst + k[len(src):]: v.clone() for k, v in renamed.items() if k.startswith(src)})
-        med, allow = MED(config, tie=False), ("vision_proj.", "text_proj.", "itm_head.", "temp")
+        med, allow = MED.unfilled(config, tie=False), ("vision_proj.", "text_proj.", "itm_head.", "temp")
     else:
         src, dst = "text_encoder.", "text_decoder.bert."
         renamed.update({dst + k[len(src):]: v.clone() for k, v in renamed.items() if k.startswith(src)})
-        med, allow = MED(config, tie=False), ("text_decoder.cls.", "temp")
+        med, allow = MED.unfilled(config, tie=False), ("text_decoder.cls.", "temp")
     left = assign_state(med, renamed, source, allow_missing=allow)
+    med.init_missing(left)
     return med, config, skipped, left, roles

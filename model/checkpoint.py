@@ -189,8 +189,8 @@ def load_checkpoint(
         med_config = MEDConfig.from_dict(header["config"])
         state = read_safetensors(directory / WEIGHTS_FILE)
         med_config = _resize_for(state, med_config, image_size)
-        med = MED(med_config, tie=bool(header.get("tied", True)))
-        assign_state(med, state, str(directory / WEIGHTS_FILE))
+        med = MED.unfilled(med_config, tie=bool(header.get("tied", True)))
+        assign_state(med, state, str(directory / WEIGHTS_FILE))  # strict: every tensor or an error
         if (directory / EXTRA_FILE).is_file():
             extra = json.loads((directory / EXTRA_FILE).read_text())
         roles = tuple(extra.get("roles", roles))

@@ -153,14 +153,16 @@ class _Decoder:
         self.med, self.use_cache = med, use_cache
         batch = image_embeds.shape[0]
         device = image_embeds.device
-        self.embeds = image_embeds.repeat_interleave(rows_per_image, dim=0)  # (R, 1 + N, Dv)
+        # (R, 1 + N, Dv); with one row per image, the rows are the images (no copy)
+        self.embeds = image_embeds.repeat_interleave(rows_per_image, dim=0) if rows_per_image > 1 else image_embeds
         self.cache = None
         if use_cache:
             ids = torch.tensor([prefix], device=device).expand(batch, -1)
             logits, self.cache = med.lm_logits(
-                ids, torch.ones_like(ids), image_embeds, use_cache=True, replace_first=False
+                ids, torch.ones_like(ids), image_embeds, use_cache=True, replace_first=False, last_only=True
             )
-            self.cache.batch_repeat_interleave(rows_per_image)
+            if rows_per_image > 1:  # the cross K/V are 12 x 2 x 577 x 768 per image at base: copy only if needed
+                self.cache.batch_repeat_interleave(rows_per_image)
             self.first_logits = logits[:, -1, :].float().repeat_interleave(rows_per_image, dim=0)
 
     def next_logits(self, seqs: torch.Tensor, cur_len: int, first: bool) -> torch.Tensor:

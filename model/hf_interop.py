@@ -105,8 +105,9 @@ def med_from_captioning_state(
     """A BlipForConditionalGeneration state dict -> (MED untied, skipped keys, keys left at init)."""
     mapped, skipped = _rename(state, {"vision_model.": "vision.", "text_decoder.": "text_decoder."})
     _copy_tower(mapped, "text_decoder.bert.", "text_encoder.")
-    med = MED(config, tie=False)
+    med = MED.unfilled(config, tie=False)
     left = assign_state(med, mapped, source, allow_missing=("vision_proj.", "text_proj.", "itm_head.", "temp"))
+    med.init_missing(left)
     return med, skipped, left
 
 
@@ -116,8 +117,9 @@ def med_from_retrieval_state(
     """A BlipForImageTextRetrieval state dict -> (MED untied, skipped keys, keys left at init)."""
     mapped, skipped = _rename(state, {"vision_model.": "vision.", "text_encoder.": "text_encoder."})
     _copy_tower(mapped, "text_encoder.", "text_decoder.bert.")
-    med = MED(config, tie=False)
+    med = MED.unfilled(config, tie=False)
     left = assign_state(med, mapped, source, allow_missing=("text_decoder.cls.", "temp"))
+    med.init_missing(left)
     return med, skipped, left
 
 

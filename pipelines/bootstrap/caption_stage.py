@@ -31,7 +31,7 @@ class CaptionStage(CheckpointStage):
     """Adds `synthetic_captions` (a list per row) and `_seconds_caption` (busy time per row)."""
 
     def __init__(self, settings: BootstrapSettings):
-        super().__init__(settings.captioner, settings.num_gpus_per_actor)
+        super().__init__(settings.captioner, settings.num_gpus_per_actor, settings.precision)
         self.settings = settings
         self.generation = generation_settings(settings)
         # a setting that cannot work stops the job here, before any row, not as a stage_error per batch

@@ -33,7 +33,7 @@ class FilterStage(CheckpointStage):
     """Adds web_itm/web_itc/web_kept and synthetic_itm/itc/kept, and `_seconds_filter`."""
 
     def __init__(self, settings: BootstrapSettings):
-        super().__init__(settings.filter, settings.num_gpus_per_actor)
+        super().__init__(settings.filter, settings.num_gpus_per_actor, settings.precision)
         self.settings = settings
 
     def decide(self, web: str | None, synthetic: list[str], itm: list[float]) -> tuple[bool, list[bool]]:

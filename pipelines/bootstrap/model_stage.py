@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from model.checkpoint import load_checkpoint
+from model.precision import Precision, cast_for_inference, inference_dtype
 from model.preprocess import images_to_tensor
 from pipelines.bootstrap.schema import OK
 
@@ -30,12 +31,14 @@ def key_seed(seed: int, key: str) -> int:
 
 
 class CheckpointStage:
-    """Loads one checkpoint onto the actor's device and turns a batch's JPEGs into pixels."""
+    """Loads one checkpoint onto the actor's device, in the precision asked for (bf16 where
+    "auto" finds it fast), and turns a batch's JPEGs into pixels."""
 
-    def __init__(self, checkpoint_dir: Path, num_gpus_per_actor: float):
+    def __init__(self, checkpoint_dir: Path, num_gpus_per_actor: float, precision: Precision = "fp32"):
         self.device = stage_device(num_gpus_per_actor)
         ckpt = load_checkpoint(checkpoint_dir, device=self.device)
-        self.med = ckpt.med.eval()
+        self.dtype = inference_dtype(precision, self.device)
+        self.med = cast_for_inference(ckpt.med, self.dtype)
         self.tokenizer = ckpt.tokenizer
         self.config = ckpt.config
 

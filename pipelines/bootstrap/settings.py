@@ -101,6 +101,12 @@ class BootstrapSettings(BaseModel):
     keep: Literal["best", "all"] = Field("all", description="Keep every synthetic caption that passes, "
                                                              "or only the best one.")
 
+    # -- model arithmetic -------------------------------------------------------------------
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Caption and filter arithmetic: bf16 weights and activations, or fp32. auto = bf16 "
+                            "where the device has fast bf16 (CUDA, or a CPU with AVX512-BF16/AMX), else fp32 "
+                            "(parity: benchmarks/precision_parity.py).")
+
     @field_validator("output", mode="before")
     @classmethod
     def _output_text(cls, value: Any) -> Any:
