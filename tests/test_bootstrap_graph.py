@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,8 +42,12 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def main_run(env):
     """One run that most checks read: 3 captions, threshold 0 (keeps everything)."""
-    settings = bootstrap_settings(env["urls"], env["root"] / "main", env["ckpt"], num_captions=3, threshold=0.0)
-    return settings, run_bootstrap(settings, verbose=False)
+    settings = bootstrap_settings(env["urls"], env["root"] / "main", env["ckpt"], num_captions=3, threshold=0.0,
+                                  progress_seconds=1e-6)
+    lines: list[str] = []
+    manifest = run_bootstrap(settings, verbose=False, log=lines.append)
+    env["main_progress"] = lines
+    return settings, manifest
 
 
 def read_output(out: Path) -> list[dict]:
@@ -69,6 +74,18 @@ def test_every_row_accounted_for_with_the_status_its_url_deserves(env, main_run)
     assert "image" not in rows[0], "images are stored once, in the tars"
     assert sum(manifest["status"].values()) == WORLD_ROWS
     assert manifest["status"]["ok"] == sum(r["status"] == "ok" for r in rows)
+
+
+def test_model_stages_pass_batch_sized_blocks_on_so_caption_and_filter_overlap(env, main_run):
+    """Rows reach the writer (and the filter) a caption batch at a time, not a shard at a time: a
+    shard of 16 rows read and downloaded as one block is cut into blocks of batch_size rows, so
+    the filter works on one batch while the captioner does the next (one 16-row block would keep
+    the filter idle until the captioner had finished all 16)."""
+    settings, manifest = main_run
+    done = [int(m.group(1)) for m in map(re.compile(r"bootstrap: rows (\d+)/").search, env["main_progress"]) if m]
+    steps = [b - a for a, b in zip([0, *done], done) if b > a]
+    assert sum(steps) == WORLD_ROWS
+    assert settings.shard_size > settings.batch_size and max(steps) <= settings.batch_size, steps
 
 
 def test_knobs_reach_caption_and_filter(main_run):
