@@ -185,6 +185,13 @@ def test_refuses_to_mix_runs(env, main_run):
         run_bootstrap(settings.model_copy(update={"resume": True, "num_captions": 1}), verbose=False)
 
 
+def test_a_missing_checkpoint_is_named_before_any_work(env, tmp_path):
+    settings = bootstrap_settings(env["urls"], tmp_path / "out", env["ckpt"])
+    with pytest.raises(BootstrapError, match="filter checkpoint .*no-such-folder"):
+        run_bootstrap(settings.model_copy(update={"filter": tmp_path / "no-such-folder"}), verbose=False)
+    assert not (tmp_path / "out" / "parquet").exists()
+
+
 def test_input_from_img2dataset_output(env, main_run):
     from img2dataset import download
 

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import ray
@@ -97,10 +98,21 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     log = log or (_log_to_stderr if verbose else (lambda line: None))
     layout = OutputLayout.at(settings.output, settings.storage_options)
     run = prepare_output(settings, layout, input_fingerprint(settings))  # refuse before Ray starts
-    checkpoints = {} if settings.download_only else {
-        "captioner": _checkpoint_hash(settings.captioner), "filter": _checkpoint_hash(settings.filter)}
+    # The checkpoints' sha256 (for the manifest) reads every weight byte: ~2 s per GB. It runs
+    # beside Ray's start-up and the job instead of before them; a folder that is missing is
+    # reported here, one that cannot be read within moments, before any work is done.
+    for role in () if settings.download_only else ("captioner", "filter"):
+        if not os.path.exists(getattr(settings, role)):
+            raise BootstrapError(f"{role} checkpoint {getattr(settings, role)}: no such file or folder")
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-hash")
+    hashes = {} if settings.download_only else {
+        role: hashing.submit(_checkpoint_hash, getattr(settings, role)) for role in ("captioner", "filter")}
+    hashing.shutdown(wait=False)
     started = _init_ray(settings)
     try:
+        for future in hashes.values():
+            if future.done():
+                future.result()  # raises a checkpoint that could not be read, before the graph starts
         plan = plan_input(settings, layout)
         if run.get("plan") not in (None, plan.fingerprint):
             raise BootstrapError("--resume: the input is not the one the first run planned")
@@ -128,6 +140,7 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     finally:
         if started:
             ray.shutdown()
+    checkpoints = {role: future.result() for role, future in hashes.items()}
     input_rows = sum(s.rows for s in plan.shards)
     manifest = build_manifest(settings, input_rows, layout.markers(), checkpoints,
                               time.perf_counter() - start, len(pending))
