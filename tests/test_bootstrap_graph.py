@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,6 +49,15 @@ def main_run(env):
     manifest = run_bootstrap(settings, verbose=False, log=lines.append)
     env["main_progress"] = lines
     return settings, manifest
+
+
+def test_the_driver_imports_no_model_and_no_img2dataset():
+    """The driver plans and commits; the stages' heavy imports (torch, transformers, img2dataset)
+    happen in the workers, not on the driver's critical path before the graph starts."""
+    code = ("import sys, pipelines.bootstrap.run; "
+            "print(sorted(m for m in ('torch', 'transformers', 'img2dataset') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def read_output(out: Path) -> list[dict]:

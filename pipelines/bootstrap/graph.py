@@ -2,32 +2,64 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 import ray.data
 from ray.data import ActorPoolStrategy
 
-from pipelines.bootstrap.caption_stage import CaptionStage
 from pipelines.bootstrap.commit import IO_TASK_CPUS
-from pipelines.bootstrap.download_stage import DownloadStage
-from pipelines.bootstrap.filter_stage import FilterStage
 from pipelines.bootstrap.input_plan import InputPlan
 from pipelines.bootstrap.input_reader import read_shards
 from pipelines.bootstrap.part_writer import PartWriter
 from pipelines.bootstrap.settings import BootstrapSettings
 
-_TASK_STAGES: dict[tuple[type, str], Any] = {}
+_TASK_STAGES: dict[tuple[type | str, str], Any] = {}
 
 
-def run_as_task(batch: dict[str, np.ndarray], stage_cls: type, settings: BootstrapSettings) -> Any:
+def stage_class(stage: type | str) -> type:
+    """A stage class, or one named "module:Class" and imported here, in the worker that runs it.
+
+    By name, the driver never imports a stage's heavy dependencies: the model stages' torch and
+    transformers, and img2dataset, whose package import pulls in torch, pandas and its writers
+    (together ~5 s of the driver's start-up, on the critical path of every run)."""
+    if isinstance(stage, type):
+        return stage
+    module, _, name = stage.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_as_task(batch: dict[str, np.ndarray], stage_cls: type | str, settings: BootstrapSettings) -> Any:
     """Runs a stage class inside a stateless Ray task; the instance is cached per worker process
     (Ray reuses workers), so its __init__ runs once per worker, not once per batch."""
     key = (stage_cls, settings.model_dump_json())
     stage = _TASK_STAGES.get(key)
     if stage is None:
-        stage = _TASK_STAGES[key] = stage_cls(settings)
+        stage = _TASK_STAGES[key] = stage_class(stage_cls)(settings)
     return stage(batch)
+
+
+class ImportedStage:
+    """An actor stage named by its import path and imported inside its actor (stage_class)."""
+
+    target = ""  # "module:Class", set by the subclasses made in _imported
+
+    def __init__(self, settings: BootstrapSettings):
+        self.stage = stage_class(self.target)(settings)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        return self.stage(batch)
+
+
+def _imported(name: str, target: str) -> type:
+    # A subclass per stage, named as the stage, so that Ray's progress lines still say
+    # MapBatches(CaptionStage) and MapBatches(FilterStage).
+    return type(name, (ImportedStage,), {"target": target})
+
+
+MODEL_STAGES = {"caption": _imported("CaptionStage", "pipelines.bootstrap.caption_stage:CaptionStage"),
+                "filter": _imported("FilterStage", "pipelines.bootstrap.filter_stage:FilterStage")}
 
 
 def build_graph(plan: InputPlan, shards: list, settings: BootstrapSettings,
@@ -36,7 +68,7 @@ def build_graph(plan: InputPlan, shards: list, settings: BootstrapSettings,
     (tasks); the dataset's rows are the small part records the driver commits from.
 
     `stages` replaces a stage class by name ("caption", "filter"): a test's way to make one fail."""
-    classes = {"download": DownloadStage, "caption": CaptionStage, "filter": FilterStage, **(stages or {})}
+    classes = {"download": "pipelines.bootstrap.download_stage:DownloadStage", **MODEL_STAGES, **(stages or {})}
     # One block per shard so that shards are read in parallel.
     ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=max(len(shards), 1))
     ds = ds.map_batches(read_shards, fn_kwargs={"settings": settings, "duplicates": plan.duplicates},
