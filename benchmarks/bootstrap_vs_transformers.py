@@ -27,10 +27,8 @@ are of the medians. Reported apart:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -41,11 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
-import transformers
 
 from benchmarks.jpeg_server import JpegServer, make_images, write_input
+from benchmarks.machine import machine
 from benchmarks.matmul_peak import measure_in_subprocess
 from benchmarks.random_blip import bert_layout_tokenizer, make_blip_checkpoints
 from model.config import preset
@@ -54,19 +51,6 @@ from model.generation import decoder_prefix
 from model.precision import inference_dtype
 
 PROGRESS = re.compile(r"bootstrap: rows (\d+)/(\d+)")
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "ray": ray.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def _load() -> float:
@@ -174,7 +158,6 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         n_int = int(n)
         a = [r["capfilt"]["wall_seconds"] for r in runs]
         b = [r["plain"]["wall_seconds"] for r in runs]
-        last = runs[-1]["capfilt"]
         stages = {}
         for name in ("caption", "filter"):
             busy = statistics.median(r["capfilt"]["stages"][name]["busy_seconds"] for r in runs)

@@ -8,6 +8,8 @@ Levers, each timed interleaved (A, B, A, B, ...) on the same images, median of t
                      its captions (web + K synthetic) vs once per caption; fp32 and bf16
   precision_caption  generate_captions in bf16 vs fp32 (nucleus, max length 20)
   precision_filter   score_captions in bf16 vs fp32 (shared K/V)
+  vit_attention      the captioner's ViT (encode_image) with transformers' eager BlipAttention vs the
+                     fused scaled_dot_product_attention (model.vision_attention); fp32 and bf16
   load_unfilled      load_checkpoint building the MED without random init vs with it
 Each timing comes with its FLOPs (model.flops) and the achieved rate as a share of the 1-thread
 matmul peak of its dtype, measured in the same run (benchmarks/matmul_peak.py).
@@ -23,14 +25,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from transformers.models.blip.modeling_blip import BlipAttention
 
 from benchmarks.matmul_peak import measure_in_subprocess
+from benchmarks.machine import machine
 from benchmarks.random_blip import make_blip_checkpoints
 from model.checkpoint import load_checkpoint
-from model.flops import capfilt_flops
+from model.flops import capfilt_flops, vit_flops
 from model.generation import GenerationSettings, decoder_prefix, generate_captions
 from model.med import MED
 from model.precision import cast_for_inference
+from model.vision_attention import FusedBlipAttention
 from model.scoring import score_captions
 
 WEB = "a red circle on the left near the top of the picture"
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     def caption(dtype: str) -> Callable[[], Any]:
         return lambda: generate_captions(models[dtype][0], tok, images, list(range(n)), settings)
 
-    report: dict[str, Any] = {"benchmark": "model_levers", "images": n, "repeats": args.repeats,
+    report: dict[str, Any] = {"benchmark": "model_levers", "machine": machine(), "images": n, "repeats": args.repeats,
                               "shapes": "BLIP-base at 384 px, random weights", "torch_threads": 1,
                               "peak_1_thread": peak, "itm_tokens": itm_tokens,
                               "gflop_per_image": {"caption": work[True].caption / 1e9,
@@ -123,6 +128,28 @@ def main(argv: list[str] | None = None) -> dict:
         report["precision_filter"] = lever(times, {"fp32": filter_flops[True], "bf16": filter_flops[True]}, peaks,
                                            {"fp32": "fp32", "bf16": "bf16"})
         print(f"filter bf16: x{report['precision_filter']['speedup']:.2f}", flush=True)
+
+    def vit(dtype: str, attention: type) -> Callable[[], Any]:
+        def run() -> Any:
+            med = models[dtype][0]
+            for module in med.vision.modules():
+                if isinstance(module, BlipAttention):
+                    module.__class__ = attention
+            try:
+                return med.encode_image(images)
+            finally:
+                for module in med.vision.modules():
+                    if isinstance(module, BlipAttention):
+                        module.__class__ = FusedBlipAttention
+        return run
+
+    with torch.inference_mode():
+        for dtype in ("fp32", "bf16"):
+            times = interleaved({"eager": vit(dtype, BlipAttention), "fused": vit(dtype, FusedBlipAttention)},
+                                args.repeats)
+            report[f"vit_attention_{dtype}"] = lever(times, {"eager": n * vit_flops(cfg), "fused": n * vit_flops(cfg)},
+                                                     peaks, {"eager": dtype, "fused": dtype})
+            print(f"ViT fused attention ({dtype}): x{report[f'vit_attention_{dtype}']['speedup']:.2f}", flush=True)
 
     def load_filled() -> None:  # the loader as it was: random init drawn, then overwritten
         original = MED.unfilled

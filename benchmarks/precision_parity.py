@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.machine import machine
 from benchmarks.random_blip import make_blip_checkpoints
 from model.checkpoint import load_checkpoint
 from model.generation import GenerationSettings, generate_captions
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.images
     images = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
     settings = GenerationSettings(max_length=20, top_p=0.9)
-    report: dict = {"benchmark": "precision_parity", "images": n, "shapes": "BLIP-base at 384 px, random weights",
+    report: dict = {"benchmark": "precision_parity", "machine": machine(), "images": n, "shapes": "BLIP-base at 384 px, random weights",
                     "tolerances": {"itm_abs_dp": ITM_TOL, "lm_mean_tv": TV_TOL}}
     with torch.inference_mode():
         captions = [c for row in generate_captions(cap32.med, tok, images, list(range(n)), settings) for c in row]

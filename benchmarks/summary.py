@@ -66,7 +66,8 @@ def levers_section(data: dict[str, Any]) -> list[str]:
              "| lever | A s | B s | speedup (wall) | speedup (CPU) | B's share of 1-thread peak |", "|---|---|---|---|---|---|"]
     for key, (a, b) in {"filter_shared_kv_fp32": ("per_caption_kv", "shared_kv"),
                         "filter_shared_kv_bf16": ("per_caption_kv", "shared_kv"),
-                        "precision_caption": ("fp32", "bf16"), "precision_filter": ("fp32", "bf16")}.items():
+                        "precision_caption": ("fp32", "bf16"), "precision_filter": ("fp32", "bf16"),
+                        "vit_attention_fp32": ("eager", "fused"), "vit_attention_bf16": ("eager", "fused")}.items():
         if key in data:
             d = data[key]
             share = d[b]["share_of_1_thread_peak"]

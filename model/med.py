@@ -23,6 +23,7 @@ from transformers.models.blip.modeling_blip_text import BlipTextAttention, BlipT
 
 from model.config import MEDConfig
 from model.positions import init_position_embedding
+from model.vision_attention import use_fused_attention
 
 
 def tie_decoder_to_encoder(encoder: BlipTextModel, decoder: BlipTextModel) -> None:
@@ -40,6 +41,7 @@ class MED(nn.Module):
         self.config = config
         text_config = config.text_config()
         self.vision = BlipVisionModel(config.vision_config())
+        use_fused_attention(self.vision)
         init_position_embedding(self.vision.embeddings.position_embedding, config.position_init)
         self.text_encoder = BlipTextModel(text_config, add_pooling_layer=False)
         self.text_decoder = BlipTextLMHeadModel(text_config)
