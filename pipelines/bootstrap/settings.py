@@ -83,6 +83,8 @@ class BootstrapSettings(BaseModel):
     batch_size: int = Field(16, ge=1, le=4096, description="Images per caption/filter batch.")
     num_captions: int = Field(1, ge=0, le=64, description="Synthetic captions per image (K).")
     decoding: Literal["nucleus", "beam"] = Field("nucleus", description="Nucleus sampling or beam search.")
+    top_k: int = Field(50, ge=0, le=1_000_000, description="Sample from the k most likely tokens, renormalised, "
+                                                          "before top-p; BLIP's (transformers' default). 0 = off.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
     min_length: int = Field(10, ge=0, le=512, description="Tokens before a caption may end, prompt included.")

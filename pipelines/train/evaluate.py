@@ -152,7 +152,7 @@ def generate(med, tokenizer, pixels: torch.Tensor, settings: EvaluateSettings, s
     gen = GenerationSettings(
         decoding="nucleus" if settings.decoding == "nucleus" else "beam",
         num_beams=1 if settings.decoding == "greedy" else settings.num_beams,
-        top_p=settings.top_p, max_length=settings.max_length, min_length=settings.min_length, prompt=settings.prompt,
+        top_k=settings.top_k, top_p=settings.top_p, max_length=settings.max_length, min_length=settings.min_length, prompt=settings.prompt,
     )
     out: list[str] = []
     for start in range(0, pixels.shape[0], batch_size):

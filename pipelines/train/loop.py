@@ -102,6 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resume.to_directory(str(resume_dir))
     loaded = load_checkpoint(resume_dir / "model" if resume_dir else config["init"], image_size=settings.image_size)
     med, tokenizer = loaded.med, loaded.tokenizer
+    med.set_regularisers(settings.text_dropout, settings.text_dropout, settings.vision_drop_path)
     task = build_task(settings, med, tokenizer, gather=_gather).to(device)
     optimizer = make_optimizer(task, settings.lr, settings.weight_decay)
     scheduler = make_scheduler(optimizer, lr=settings.lr, min_lr=settings.min_lr, warmup_steps=settings.warmup_steps,
