@@ -50,6 +50,9 @@ class JobSettings(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1.0, description="LM label smoothing (BLIP: 0.1). It leaves "
                                    "1 - eps on the right token, so nucleus sampling at top-p >= 1 - eps dips "
                                    "into a uniform tail of stray tokens: lower one or the other.")
+    positives: Literal["auto", "pair", "image"] = Field(
+        "auto", description="ITC/ITM positives: the pair itself (BLIP's pre-training) or every caption of the "
+                            "same image (BLIP's retrieval fine-tune). auto: pair for pretrain, image for filter.")
     text_dropout: float | None = Field(None, ge=0, lt=1.0, description="Dropout on the text transformer's hidden "
                                        "states and attention probabilities; default the checkpoint's (BLIP's 0.1 for "
                                        "base, large and imported BLIP weights; 0 for tiny).")

@@ -32,7 +32,8 @@ def build_task(
     prompt_length = len(tokenizer.encode_prompt(settings.prompt)) if settings.task == "caption" else 0
     queue = settings.queue_size if settings.queue_size is not None else default_queue_size(med)
     return TrainingTask(med, TASK_KINDS[settings.task], queue_size=max(1, queue),
-                        prompt_length=prompt_length, label_smoothing=settings.label_smoothing, gather=gather)
+                        prompt_length=prompt_length, label_smoothing=settings.label_smoothing, gather=gather,
+                        positives=None if settings.positives == "auto" else settings.positives)
 
 
 def caption_prefix(settings: TrainSettings) -> str:
