@@ -75,6 +75,11 @@ class BootstrapSettings(BaseModel):
     download_batch_size: int = Field(64, ge=1, le=100_000, description="Rows per download task.")
     download_cpus: float = Field(0.5, gt=0, le=64, description="CPUs reserved per download task.")
 
+    model_image: Literal["original", "download"] = Field(
+        "original", description="What the caption and filter stages prepare their pixels from: the original "
+                                "image, resized to the model's size (bicubic, no border: BLIP's test transform), "
+                                "or the download stage's resized image (--resize-mode, --image-size), upsampled.")
+
     # -- caption ---------------------------------------------------------------------------
     captioner_actors: int = Field(1, ge=1, le=1024, description="Captioner actor pool size.")
     filter_actors: int = Field(1, ge=1, le=1024, description="Filter actor pool size.")
@@ -98,6 +103,10 @@ class BootstrapSettings(BaseModel):
     # -- filter ----------------------------------------------------------------------------
     threshold: float = Field(0.5, ge=0, le=1, description="A caption is kept when its ITM "
                                                           "probability is >= this.")
+    pre_caption: bool = Field(True, description="Clean the web caption as BLIP's pre_caption before ITM: "
+                                                "lowercase, . ! \" ( ) * # : ; ~ to spaces, at most "
+                                                "caption_max_words words (the output keeps the raw text).")
+    caption_max_words: int = Field(30, ge=1, le=10_000, description="Words pre_caption keeps (BLIP: 30).")
     filter_web: bool = Field(True, description="Filter web captions too (else keep them all).",
                              json_schema_extra={"flag": "--filter-web/--keep-all-web"})
     keep: Literal["best", "all"] = Field("all", description="Keep every synthetic caption that passes, "

@@ -193,6 +193,10 @@ def evaluate(settings: EvaluateSettings) -> dict:
     torch.manual_seed(settings.seed)
     if "retrieval" in settings.tasks:
         texts, owner = split.texts
+        if settings.pre_caption:
+            from model.caption_text import pre_caption
+
+            texts = [pre_caption(t, settings.caption_max_words) for t in texts]
         i2t, t2i = retrieval_scores(med, tokenizer, pixels, texts, settings.k_test, settings.batch_size)
         result["retrieval"] = {"k_test": settings.k_test, **recall_at(i2t, t2i, owner)}
     if "caption" in settings.tasks:

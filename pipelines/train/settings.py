@@ -50,6 +50,9 @@ class JobSettings(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1.0, description="LM label smoothing (BLIP: 0.1). It leaves "
                                    "1 - eps on the right token, so nucleus sampling at top-p >= 1 - eps dips "
                                    "into a uniform tail of stray tokens: lower one or the other.")
+    pre_caption: bool = Field(True, description="Clean every training caption as BLIP's pre_caption: lowercase, "
+                                                ". ! \" ( ) * # : ; ~ to spaces, at most caption_max_words words.")
+    caption_max_words: int = Field(30, ge=1, le=10_000, description="Words pre_caption keeps (BLIP: 30).")
     positives: Literal["auto", "pair", "image"] = Field(
         "auto", description="ITC/ITM positives: the pair itself (BLIP's pre-training) or every caption of the "
                             "same image (BLIP's retrieval fine-tune). auto: pair for pretrain, image for filter.")
@@ -133,6 +136,9 @@ class EvaluateSettings(BaseModel):
     max_length: int = Field(20, ge=1, le=512)
     min_length: int = Field(5, ge=0, le=512)
     prompt: str = Field("a picture of ")
+    pre_caption: bool = Field(True, description="Clean the retrieval texts as BLIP's pre_caption (its retrieval "
+                                                "evaluation does); caption references are left as written.")
+    caption_max_words: int = Field(30, ge=1, le=10_000, description="Words pre_caption keeps (BLIP: 30).")
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")
