@@ -78,7 +78,9 @@ class BootstrapSettings(BaseModel):
     model_image: Literal["original", "download"] = Field(
         "original", description="What the caption and filter stages prepare their pixels from: the original "
                                 "image, resized to the model's size (bicubic, no border: BLIP's test transform), "
-                                "or the download stage's resized image (--resize-mode, --image-size), upsampled.")
+                                "or the download stage's resized image (--resize-mode, --image-size), upsampled. "
+                                "When the input holds the images (img2dataset shards, a rounds' web folder), "
+                                "the original is the input's image.")
 
     # -- caption ---------------------------------------------------------------------------
     captioner_actors: int = Field(1, ge=1, le=1024, description="Captioner actor pool size.")
