@@ -104,7 +104,9 @@ class BootstrapSettings(BaseModel):
 
     # -- filter ----------------------------------------------------------------------------
     threshold: float = Field(0.5, ge=0, le=1, description="A caption is kept when its ITM "
-                                                          "probability is >= this.")
+                                                          "probability is >= this (BLIP's 0.5, after the "
+                                                          "softmax; `capfilt calibrate` derives one from a "
+                                                          "labelled sample).")
     pre_caption: bool = Field(True, description="Clean the web caption as BLIP's pre_caption before ITM: "
                                                 "lowercase, . ! \" ( ) * # : ; ~ to spaces, at most "
                                                 "caption_max_words words (the output keeps the raw text).")
