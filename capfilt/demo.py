@@ -128,6 +128,8 @@ def rounds_args(s: DemoSettings, world: World, urls: Path, init: Path | None = N
         # fine-tunes of a pre-trained one; and no label smoothing under nucleus sampling at top-p
         # 0.9 (see benchmarks/toy_quality.py for both).
         "--pretrain-lr", "1e-3", "--caption-lr", "1e-3", "--filter-lr", "5e-4", "--caption-label-smoothing", "0",
+        # The filter keeps BLIP's ITM threshold 0.5 (the default): a threshold calibrated on the
+        # world's web labels would tune it on the labels the demo's noise table is measured with.
         "--bootstrap-allow-private-hosts", "--bootstrap-key-col", "key", "--bootstrap-timeout", str(s.fetch_timeout),
         "--bootstrap-image-size", "64", "--bootstrap-shard-size", "250", "--bootstrap-batch-size", "32",
         "--bootstrap-num-captions", "1", "--bootstrap-min-length", "5", "--bootstrap-max-length", "20",

@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from model.config import MEDConfig, TokenIds
+from model.config import MEDConfig, TokenIds, blip_regularisers
 from model.hf_interop import preset_name_for
 from model.med import MED
 from model.weights_io import CheckpointError, assign_state
@@ -90,6 +90,8 @@ def infer_config(state: dict[str, torch.Tensor], tokens: TokenIds) -> MEDConfig:
         vision_layer_norm_eps=1e-6,  # BLIP's ViT (timm-style) uses 1e-6, not transformers' 1e-5
         tokens=tokens,
     )
+    # BLIP's dropout and drop-path, which its own fine-tunes of these weights use.
+    config = config.replace(**blip_regularisers(config.vision_layers, config.vision_width))
     return config.replace(preset=preset_name_for(config))
 
 

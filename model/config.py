@@ -53,7 +53,12 @@ class MEDConfig:
     # How a fresh ViT position embedding starts (model/positions.py): "random" as BLIP, or
     # "sincos", the grid's geometry, for models trained from scratch.
     position_init: str = "random"
-    dropout: float = 0.0
+    # Training-time regularisers (model/dropout.py); no effect in eval mode. BLIP's BERT config:
+    # 0.1 on hidden states and on attention probabilities; its ViT: drop-path 0.1 for ViT-L, 0
+    # for ViT-B, no dropout.
+    text_hidden_dropout: float = 0.1
+    text_attention_dropout: float = 0.1
+    vision_drop_path: float = 0.0
     max_text_len: int = 35
     tokens: TokenIds = field(default_factory=TokenIds)
     image_mean: tuple[float, float, float] = CLIP_MEAN
@@ -68,6 +73,11 @@ class MEDConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MEDConfig":
         data = dict(data)
+        if "dropout" in data:  # format of checkpoints saved before the split rates: one rate, always 0
+            legacy = data.pop("dropout")
+            data.setdefault("text_hidden_dropout", legacy)
+            data.setdefault("text_attention_dropout", legacy)
+            data.setdefault("vision_drop_path", 0.0)
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"MEDConfig: unknown keys {sorted(unknown)}")
@@ -86,7 +96,7 @@ class MEDConfig:
             image_size=self.image_size,
             patch_size=self.patch_size,
             layer_norm_eps=self.vision_layer_norm_eps,
-            attention_dropout=self.dropout,
+            attention_dropout=0.0,  # BLIP's ViT has none (drop-path instead: model/dropout.py)
             initializer_range=self.init_range,
         )
 
@@ -100,8 +110,8 @@ class MEDConfig:
             num_attention_heads=self.text_heads,
             max_position_embeddings=self.max_positions,
             layer_norm_eps=self.text_layer_norm_eps,
-            hidden_dropout_prob=self.dropout,
-            attention_probs_dropout_prob=self.dropout,
+            hidden_dropout_prob=self.text_hidden_dropout,
+            attention_probs_dropout_prob=self.text_attention_dropout,
             initializer_range=self.init_range,
             pad_token_id=self.tokens.pad,
             bos_token_id=self.tokens.dec,
@@ -127,6 +137,10 @@ PRESETS: dict[str, MEDConfig] = {
         # place of a lone object in 17 % and 13 % of its greedy captions (2 seeds) from a random
         # start, in 100 % and 93 % from a sine-cosine one (benchmarks/position_init.py).
         position_init="sincos",
+        # No dropout: the toy models learn from scratch in a few hundred steps (underfit, not
+        # overfit); BLIP's 0.1 is for fine-tuning pre-trained weights. Not measured on the toy world
+        # yet: text_hidden_dropout / text_attention_dropout / vision_drop_path are training flags.
+        text_hidden_dropout=0.0, text_attention_dropout=0.0,
         # the toy WordPiece tokenizer puts its specials first, in this order
         tokens=TokenIds(pad=0, cls=2, sep=3, dec=5, enc=6),
     ),
@@ -141,8 +155,16 @@ PRESETS: dict[str, MEDConfig] = {
         preset="large", image_size=224, patch_size=16,
         vision_width=1024, vision_layers=24, vision_heads=16, vision_mlp=4096,
         vocab_size=30524, text_width=768, text_layers=12, text_heads=12, text_mlp=3072,
+        vision_drop_path=0.1,  # BLIP's create_vit: ViT-L always 0.1
     ),
 }
+
+
+def blip_regularisers(vision_layers: int, vision_width: int) -> dict[str, float]:
+    """BLIP's dropout and drop-path for a model of this ViT size (an imported BLIP checkpoint is
+    fine-tuned with them): ViT-L (24 layers, width 1024) gets drop-path 0.1, others 0."""
+    large = vision_layers >= 24 and vision_width >= 1024
+    return {"text_hidden_dropout": 0.1, "text_attention_dropout": 0.1, "vision_drop_path": 0.1 if large else 0.0}
 
 
 def preset(name: str, **changes: Any) -> MEDConfig:

@@ -31,14 +31,22 @@ class PromptTokenizer(Protocol):
 
 
 class GenerationSettings(BaseModel):
-    """How captions are written; BLIP's sampling defaults (max 30, min 10, top-p 0.9)."""
+    """How captions are written; BLIP's sampling defaults (max 30, min 10, top-k 50 then top-p 0.9,
+    repetition penalty 1.1).
+
+    BLIP pinned transformers 4.15, whose `generate(do_sample=True)` applied its default top_k=50
+    although BLIP passes only top_p: the nucleus is taken from the 50 most likely tokens,
+    renormalised. Without it, top-p 0.9 reaches into the flat tail that label smoothing leaves
+    (0.1 spread over the vocabulary) and picks stray tokens.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     num_captions: int = Field(1, ge=1, description="captions per image (K)")
     decoding: Literal["nucleus", "beam"] = "nucleus"
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus mass")
-    top_k: int = Field(0, ge=0, description="keep at most k tokens before top-p; 0 = off")
+    top_k: int = Field(50, ge=0, description="sample from the k most likely tokens, renormalised, before "
+                                             "top-p (transformers' default, which BLIP's generate applied); 0 = off")
     temperature: float = Field(1.0, gt=0.0)
     min_length: int = Field(10, ge=0, description="tokens before [SEP] may end the caption, prompt included")
     max_length: int = Field(30, ge=2, description="tokens at most, [DEC], prompt and [SEP] included")
@@ -209,21 +217,45 @@ def _forbid_eos(scores: torch.Tensor, cur_len: int, settings: GenerationSettings
 
 
 # ---- nucleus sampling ---------------------------------------------------------------------------
+def _kept_mass(logits: torch.Tensor, settings: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' sampling warpers in their order: temperature, top-k, renormalise, top-p.
+
+    (A, V) logits -> (sorted probabilities with the cut tokens zeroed (A, V), their token ids).
+    Float64, sorted descending. Top-k keeps every token tied with the k-th, and top-p keeps a
+    token while the (top-k renormalised) mass strictly ahead of it is below top_p, at least one
+    token: TopKLogitsWarper's and TopPLogitsWarper's rules.
+    """
+    probs = torch.softmax(logits.double() / settings.temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    keep = torch.ones_like(sorted_p, dtype=torch.bool)
+    if 0 < settings.top_k < sorted_p.shape[-1]:
+        keep = sorted_p >= sorted_p[:, settings.top_k - 1 : settings.top_k]
+    if settings.top_p < 1.0:
+        renormed = sorted_p * keep
+        renormed = renormed / renormed.sum(dim=-1, keepdim=True)
+        before = renormed.cumsum(dim=-1) - renormed  # mass strictly ahead of each token
+        keep = keep & (before < settings.top_p)
+        keep[:, 0] = True
+    return sorted_p * keep, order
+
+
+def sampling_distribution(logits: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+    """(A, V) processed logits -> (A, V) the distribution a nucleus draw samples from."""
+    mass, order = _kept_mass(logits, settings)
+    out = torch.zeros_like(mass).scatter(1, order, mass)
+    return out / out.sum(dim=-1, keepdim=True)
+
+
 def _nucleus_pick(logits: torch.Tensor, uniforms: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
-    """Inverse-CDF draw from the top-p (and top-k) set, one uniform per row: (A, V), (A,) -> (A,).
+    """Inverse-CDF draw from the top-k, then top-p set, one uniform per row: (A, V), (A,) -> (A,).
 
     Each row uses only its own logits and uniform, so a draw cannot depend on other rows. Float64
     makes a boundary case (u landing within rounding of a CDF step) vanishingly rare.
     """
-    probs = torch.softmax(logits.double() / settings.temperature, dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-    before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly ahead of each token
-    keep = before < settings.top_p  # the smallest prefix whose mass reaches top_p
-    if settings.top_k > 0:
-        keep[:, settings.top_k :] = False
-    cdf = (sorted_p * keep).cumsum(dim=-1)
+    mass, order = _kept_mass(logits, settings)
+    cdf = mass.cumsum(dim=-1)
     target = uniforms.to(cdf.device).unsqueeze(1) * cdf[:, -1:]
-    pos = torch.searchsorted(cdf, target, right=True).clamp(max=probs.shape[-1] - 1)
+    pos = torch.searchsorted(cdf, target, right=True).clamp(max=mass.shape[-1] - 1)
     return order.gather(1, pos).squeeze(1)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval
 
-from model.config import PRESETS, MEDConfig, TokenIds
+from model.config import PRESETS, MEDConfig, TokenIds, blip_regularisers
 from model.med import MED
 from model.weights_io import CheckpointError, assign_state
 
@@ -62,6 +62,9 @@ def med_config_from_blip(blip: BlipConfig, tokens: TokenIds) -> MEDConfig:
         text_heads=t.num_attention_heads, text_mlp=t.intermediate_size,
         max_positions=t.max_position_embeddings, text_layer_norm_eps=t.layer_norm_eps,
         embed_dim=blip.image_text_hidden_size, tokens=tokens,
+        # BLIP trained and fine-tunes these weights with its dropout and drop-path; transformers'
+        # configs say 0, which matters only if the import is fine-tuned: use BLIP's.
+        **blip_regularisers(v.num_hidden_layers, v.hidden_size),
     )
     return config.replace(preset=preset_name_for(config))
 

@@ -6,8 +6,9 @@
   lm_loss                next-token prediction with label smoothing, pad and prompt masked out
 
 Every function returns plain tensors or a dict of named losses; which model calls produce the
-inputs is `model/pretrain_task.py`'s business. Positives are defined by image id, as in BLIP's
-retrieval fine-tune: several captions of one image in a batch (or in the queue) are all positives.
+inputs is `model/pretrain_task.py`'s business. Positives are defined by the ids passed in: image
+ids give BLIP's retrieval fine-tune (several captions of one image in a batch or in the queue are
+all positives), one id per row gives BLIP's pre-training (the pair itself only).
 """
 
 from __future__ import annotations

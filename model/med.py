@@ -22,6 +22,7 @@ from transformers.models.blip.modeling_blip import BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextAttention, BlipTextLMHeadModel, BlipTextModel
 
 from model.config import MEDConfig
+from model.dropout import set_text_dropout, set_vision_drop_path
 from model.positions import init_position_embedding
 from model.vision_attention import use_fused_attention
 
@@ -53,6 +54,7 @@ class MED(nn.Module):
         for head in (self.vision_proj, self.text_proj, self.itm_head):
             nn.init.normal_(head.weight, std=config.init_range)
             nn.init.zeros_(head.bias)
+        set_vision_drop_path(self.vision, config.vision_drop_path)
         self.tied = tie
         if tie:
             tie_decoder_to_encoder(self.text_encoder, self.text_decoder.bert)
@@ -89,6 +91,19 @@ class MED(nn.Module):
                 init_position_embedding(tensor, self.config.position_init)
             else:
                 tensor.normal_(0.0, self.config.init_range)
+
+    def set_regularisers(
+        self, text_hidden_dropout: float | None = None, text_attention_dropout: float | None = None,
+        vision_drop_path: float | None = None,
+    ) -> None:
+        """Change the training-time dropout / drop-path rates (None keeps a rate); the config, and
+        so a checkpoint saved later, records them."""
+        changes = {k: v for k, v in dict(text_hidden_dropout=text_hidden_dropout, text_attention_dropout=text_attention_dropout,
+                                         vision_drop_path=vision_drop_path).items() if v is not None}
+        self.config = self.config.replace(**changes)
+        for text_model in (self.text_encoder, self.text_decoder):
+            set_text_dropout(text_model, self.config.text_hidden_dropout, self.config.text_attention_dropout)
+        set_vision_drop_path(self.vision, self.config.vision_drop_path)
 
     # ---- image -------------------------------------------------------------------------
     def encode_image(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:

@@ -8,6 +8,14 @@ are its own. The batch is a dict of tensors:
   input_ids      (B, T) [CLS] ... [SEP] pad, as the tokenizer writes them
   attention_mask (B, T)
   image_ids      (B,) long; rows with the same id show the same image (needed by ITC/ITM)
+
+Which pairs are positives of ITC and ITM depends on the task, as in BLIP's code:
+  "pair"   only the (image, text) pair of a row; every other text, also another caption of the
+           same image, and every queued feature are negatives (BLIP_Pretrain: a one-hot diagonal,
+           hard negatives drawn from the whole batch but the row itself);
+  "image"  every text of the same image id, in the batch and in the queue (BLIP_Retrieval's
+           fine-tune, through idx_queue; its hard negatives never show the same image).
+Pre-training defaults to "pair", the filter's fine-tune to "image".
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from model.med import MED
 from model.momentum import MomentumEncoders
 
 TaskKind = Literal["pretrain", "captioner", "filter"]
+Positives = Literal["pair", "image"]
+DEFAULT_POSITIVES: dict[str, Positives] = {"pretrain": "pair", "captioner": "pair", "filter": "image"}
 LOSSES: dict[str, tuple[str, ...]] = {
     "pretrain": ("itc", "itm", "lm"),  # equal weights, as BLIP
     "captioner": ("lm",),
@@ -55,6 +65,7 @@ class TrainingTask(nn.Module):
         prompt_length: int = 0,
         label_smoothing: float = L.LM_LABEL_SMOOTHING,
         gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        positives: Positives | None = None,
     ):
         super().__init__()
         if kind not in LOSSES:
@@ -66,6 +77,9 @@ class TrainingTask(nn.Module):
         self.prompt_length = prompt_length
         self.label_smoothing = label_smoothing
         self.gather = gather
+        self.positives = positives or DEFAULT_POSITIVES[kind]
+        if self.positives not in ("pair", "image"):
+            raise ValueError(f"unknown positives {self.positives!r}; known: pair, image")
 
     def step(
         self, batch: dict[str, torch.Tensor], alpha: float = ALPHA, generator: torch.Generator | None = None
@@ -92,8 +106,12 @@ class TrainingTask(nn.Module):
             self.momentum.update(med)
             image_feat_m, text_feat_m = self.momentum.features(pixel_values, ids, mask)
             image_keys, text_keys, key_ids = self.momentum.keys(image_feat_m, text_feat_m, image_ids)
+            match_ids = image_ids
+            if self.positives == "pair":  # each row its own id; queued keys (id -1) match nothing
+                match_ids = torch.arange(ids.shape[0], device=ids.device)
+                key_ids = torch.cat([match_ids, key_ids.new_full((key_ids.shape[0] - ids.shape[0],), -1)])
             itc = L.itc_loss(
-                image_feat, text_feat, image_keys, text_keys, image_ids, key_ids, med.temp, alpha,
+                image_feat, text_feat, image_keys, text_keys, match_ids, key_ids, med.temp, alpha,
                 image_feat_m=image_feat_m, text_feat_m=text_feat_m,
             )
             out["itc"] = itc["itc"]
@@ -101,7 +119,7 @@ class TrainingTask(nn.Module):
 
             batch_size = ids.shape[0]
             neg_text, neg_image = L.sample_hard_negatives(
-                itc["sim_i2t"][:, :batch_size], itc["sim_t2i"][:, :batch_size], image_ids, generator
+                itc["sim_i2t"][:, :batch_size], itc["sim_t2i"][:, :batch_size], match_ids, generator
             )
             pair_ids, pair_mask, pair_images, labels = L.itm_pairs(ids, mask, image_embeds, neg_text, neg_image)
             out.update(L.itm_loss(med.itm_logits(pair_ids, pair_mask, pair_images), labels))

@@ -6,7 +6,8 @@ from pydantic import ValidationError
 
 from model.config import TokenIds
 from model.generation import (
-    GenerationSettings, _nucleus_pick, _penalize_repeats, decoder_prefix, generate_captions, row_seed,
+    GenerationSettings, _forbid_eos, _nucleus_pick, _penalize_repeats, decoder_prefix, generate_captions, row_seed,
+    sampling_distribution,
 )
 from model.med import MED
 from tests.model_helpers import jitter, pixels, small_config, tiny_tokenizer
@@ -51,7 +52,7 @@ class IdTokenizer:
 # ---- settings ------------------------------------------------------------------------------------
 def test_settings_are_frozen_validated_and_follow_blip_defaults():
     s = GenerationSettings()
-    assert (s.decoding, s.top_p, s.max_length, s.min_length, s.prompt) == ("nucleus", 0.9, 30, 10, "a picture of ")
+    assert (s.decoding, s.top_k, s.top_p, s.max_length, s.min_length, s.prompt) == ("nucleus", 50, 0.9, 30, 10, "a picture of ")
     assert s.penalty == 1.1 and GenerationSettings(decoding="beam").penalty == 1.0
     assert GenerationSettings(repetition_penalty=1.3).penalty == 1.3
     with pytest.raises(ValidationError):
@@ -178,3 +179,48 @@ def test_repetition_penalty_is_transformers_rule():
     scores = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
     seqs = torch.tensor([[0, 1, 1]])
     assert torch.allclose(_penalize_repeats(scores, seqs, 2.0), torch.tensor([[1.0, -4.0, 1.0, 0.5]]))
+
+
+def _transformers_distribution(logits, seqs, cur_len, settings, eos):
+    """What transformers' generate(do_sample=True) samples from: its own processors and warpers,
+    in its order (repetition penalty and min length on the logits, then temperature, top-k, top-p)."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList, MinLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+        TopKLogitsWarper, TopPLogitsWarper,
+    )
+
+    steps = LogitsProcessorList([
+        RepetitionPenaltyLogitsProcessor(settings.penalty),
+        MinLengthLogitsProcessor(settings.min_length, eos),
+        TemperatureLogitsWarper(settings.temperature),
+        TopKLogitsWarper(settings.top_k),
+        TopPLogitsWarper(settings.top_p),
+    ])
+    return torch.softmax(steps(seqs[:, :cur_len], logits.clone()).double(), dim=-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_distribution_matches_transformers_processors(temperature):
+    torch.manual_seed(0)
+    vocab, eos, cur_len = 200, 3, 6
+    logits = torch.randn(16, vocab) * 1.5
+    seqs = torch.randint(0, vocab, (16, cur_len))
+    settings = GenerationSettings(temperature=temperature)  # top-k 50, top-p 0.9, penalty 1.1, min 10
+    ours = sampling_distribution(
+        _forbid_eos(_penalize_repeats(logits, seqs, settings.penalty), cur_len, settings, eos), settings)
+    theirs = _transformers_distribution(logits, seqs, cur_len, settings, eos)
+    assert torch.equal(ours > 0, theirs > 0)  # the same tokens survive
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert (ours[:, eos] == 0).all()
+    # The order matters on these logits: top-p over the whole vocabulary keeps more than 50 tokens,
+    # top-p after top-k fewer, so a top-p-only or top-p-then-top-k sampler would not match.
+    top_p_only = sampling_distribution(logits, GenerationSettings(top_k=0))
+    assert ((top_p_only > 0).sum(dim=1) > 50).all()
+    assert ((ours > 0).sum(dim=1) < 50).all()
+
+
+def test_top_k_zero_is_off_and_top_k_keeps_ties():
+    logits = torch.log(torch.tensor([[0.3, 0.2, 0.2, 0.2, 0.1]]))
+    assert (sampling_distribution(logits, GenerationSettings(top_k=0, top_p=1.0)) > 0).all()
+    kept = sampling_distribution(logits, GenerationSettings(top_k=2, top_p=1.0))
+    assert (kept[0, :4] > 0).all() and kept[0, 4] == 0  # the 2nd value is tied three ways, as TopKLogitsWarper

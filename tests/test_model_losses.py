@@ -223,7 +223,9 @@ def test_each_loss_falls_on_a_fixed_batch(tok):
     med = MED(config)
     # The queue is full from step 1 on. BLIP's m = 0.995 would keep the ITC keys near their
     # random start for all 50 steps; 0.9 lets them follow, so that ITC can fall in a short test.
-    task = TrainingTask(med, "pretrain", queue_size=len(IMAGE_IDS), momentum=0.9)
+    # Positives by image id: this batch repeats identical pixels across an image's captions, where
+    # BLIP's pre-training positives (the pair only) would label one (pixels, text) both ways in ITM.
+    task = TrainingTask(med, "pretrain", queue_size=len(IMAGE_IDS), momentum=0.9, positives="image")
     batch = _batch(tok, config)
     opt = torch.optim.AdamW(task.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)

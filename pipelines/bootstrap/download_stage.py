@@ -152,13 +152,15 @@ class DownloadStage:
             raise FetchError(DECODE_ERROR, err or "resize failed")
         return image, int(width), int(height)
 
-    def process_row(self, url: str | None, image: bytes | None) -> tuple[str, str | None, bytes | None, int | None, int | None]:
+    def process_row(self, url: str | None, image: bytes | None
+                    ) -> tuple[str, str | None, bytes | None, int | None, int | None, bytes | None]:
+        """(status, error, resized JPEG, width, height, the source bytes as fetched)."""
         try:
             data = image if image is not None else self.fetch_with_retries(url or "")
             jpeg, width, height = self.decode_and_resize(data)
-            return OK, None, jpeg, width, height
+            return OK, None, jpeg, width, height, data
         except FetchError as exc:
-            return exc.status, str(exc)[:500], None, None, None
+            return exc.status, str(exc)[:500], None, None, None, None
 
     @guarded("download")
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -170,10 +172,11 @@ class DownloadStage:
         images: list[Any] = [None] * n
         widths: list[Any] = [None] * n
         heights: list[Any] = [None] * n
+        sources: list[Any] = [None] * n
         with ThreadPoolExecutor(max_workers=max(1, min(self.settings.download_threads, len(todo)))) as pool:
             results = pool.map(lambda i: self.process_row(batch["url"][i], batch["image"][i]), todo)
-            for i, (st, err, img, w, h) in zip(todo, results):
-                status[i], error[i], images[i], widths[i], heights[i] = st, err, img, w, h
+            for i, (st, err, img, w, h, src) in zip(todo, results):
+                status[i], error[i], images[i], widths[i], heights[i], sources[i] = st, err, img, w, h, src
         out = dict(batch)
         out.update(status=object_column(status), error=object_column(error), image=object_column(images),
                    width=object_column(widths), height=object_column(heights))
@@ -181,4 +184,6 @@ class DownloadStage:
         if todo:  # wall time of the batch (fetches overlap), shared by the rows it fetched
             seconds[todo] = (time.perf_counter() - start) / len(todo)
         out["_seconds_download"] = seconds
+        if not self.settings.download_only and self.settings.model_image == "original":
+            out["_source_image"] = object_column(sources)  # bounded by max_image_bytes; never written
         return as_table(out)

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from model.caption_text import pre_caption
 from model.scoring import score_captions
 from pipelines.bootstrap.model_stage import CheckpointStage, busy_seconds
 from pipelines.bootstrap.schema import as_table, batch_len, object_column
@@ -36,6 +37,10 @@ class FilterStage(CheckpointStage):
         super().__init__(settings.filter, settings.num_gpus_per_actor, settings.precision)
         self.settings = settings
 
+    def web_text(self, web: str) -> str:
+        """The web caption as the ITM sees it: BLIP's pre_caption, as its datasets apply it."""
+        return pre_caption(web, self.settings.caption_max_words) if self.settings.pre_caption else web
+
     def decide(self, web: str | None, synthetic: list[str], itm: list[float]) -> tuple[bool, list[bool]]:
         web_itm, syn_itm = (itm[0], itm[1:]) if web is not None else (None, itm)
         web_kept = web is not None and (not self.settings.filter_web or web_itm >= self.settings.threshold)
@@ -54,7 +59,7 @@ class FilterStage(CheckpointStage):
         rows, texts = [], []
         for i in self.ok_rows(batch):
             web = batch["web_caption"][i]
-            candidates = ([str(web)] if web is not None else []) + [str(c) for c in batch["synthetic_captions"][i]]
+            candidates = ([self.web_text(str(web))] if web is not None else []) + [str(c) for c in batch["synthetic_captions"][i]]
             if candidates:  # an image with no text at all has nothing to score
                 rows.append(i)
                 texts.append(candidates)
@@ -71,6 +76,7 @@ class FilterStage(CheckpointStage):
                 cols["synthetic_itc"][i] = [float(x) for x in itc[offset:]]
                 cols["synthetic_kept"][i] = syn_kept
         out = dict(batch)
+        out.pop("_source_image", None)  # the last stage that needs it: not carried to the writer
         out.update({name: object_column(values) for name, values in cols.items()})
         out["_seconds_filter"] = busy_seconds(n, rows, time.perf_counter() - start)
         return as_table(out)

@@ -47,9 +47,13 @@ class CheckpointStage:
         return [i for i, status in enumerate(batch["status"]) if status == OK]
 
     def pixels(self, batch: dict[str, np.ndarray], rows: list[int]) -> torch.Tensor:
+        """The rows' images at the model's size: from the original bytes when the download stage
+        kept them (BLIP's test transform: one bicubic resize, no border), else from its resized JPEG."""
+        sources = batch.get("_source_image")
         images = []
         for i in rows:
-            with Image.open(io.BytesIO(batch["image"][i])) as img:
+            data = sources[i] if sources is not None and sources[i] is not None else batch["image"][i]
+            with Image.open(io.BytesIO(data)) as img:
                 images.append(img.convert("RGB"))
         return images_to_tensor(images, self.config).to(self.device)  # (B, 3, S, S)
 

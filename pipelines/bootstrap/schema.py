@@ -60,6 +60,9 @@ STAGE_SCHEMA = pa.schema(
     list(WORK_SCHEMA)
     + [f for f in OUTPUT_SCHEMA if f.name not in WORK_SCHEMA.names]
     + [pa.field(f"_seconds_{stage}", pa.float64()) for stage in ("download", "caption", "filter")]
+    # The image as fetched (or as the input held it), for the model stages to prepare at their own
+    # size (BootstrapSettings.model_image); the filter stage drops it, it is never written.
+    + [pa.field("_source_image", pa.binary())]
 )
 
 

@@ -75,6 +75,13 @@ class BootstrapSettings(BaseModel):
     download_batch_size: int = Field(64, ge=1, le=100_000, description="Rows per download task.")
     download_cpus: float = Field(0.5, gt=0, le=64, description="CPUs reserved per download task.")
 
+    model_image: Literal["original", "download"] = Field(
+        "original", description="What the caption and filter stages prepare their pixels from: the original "
+                                "image, resized to the model's size (bicubic, no border: BLIP's test transform), "
+                                "or the download stage's resized image (--resize-mode, --image-size), upsampled. "
+                                "When the input holds the images (img2dataset shards, a rounds' web folder), "
+                                "the original is the input's image.")
+
     # -- caption ---------------------------------------------------------------------------
     captioner_actors: int = Field(1, ge=1, le=1024, description="Captioner actor pool size.")
     filter_actors: int = Field(1, ge=1, le=1024, description="Filter actor pool size.")
@@ -83,6 +90,8 @@ class BootstrapSettings(BaseModel):
     batch_size: int = Field(16, ge=1, le=4096, description="Images per caption/filter batch.")
     num_captions: int = Field(1, ge=0, le=64, description="Synthetic captions per image (K).")
     decoding: Literal["nucleus", "beam"] = Field("nucleus", description="Nucleus sampling or beam search.")
+    top_k: int = Field(50, ge=0, le=1_000_000, description="Sample from the k most likely tokens, renormalised, "
+                                                          "before top-p; BLIP's (transformers' default). 0 = off.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
     min_length: int = Field(10, ge=0, le=512, description="Tokens before a caption may end, prompt included.")
@@ -95,7 +104,13 @@ class BootstrapSettings(BaseModel):
 
     # -- filter ----------------------------------------------------------------------------
     threshold: float = Field(0.5, ge=0, le=1, description="A caption is kept when its ITM "
-                                                          "probability is >= this.")
+                                                          "probability is >= this (BLIP's 0.5, after the "
+                                                          "softmax; `capfilt calibrate` derives one from a "
+                                                          "labelled sample).")
+    pre_caption: bool = Field(True, description="Clean the web caption as BLIP's pre_caption before ITM: "
+                                                "lowercase, . ! \" ( ) * # : ; ~ to spaces, at most "
+                                                "caption_max_words words (the output keeps the raw text).")
+    caption_max_words: int = Field(30, ge=1, le=10_000, description="Words pre_caption keeps (BLIP: 30).")
     filter_web: bool = Field(True, description="Filter web captions too (else keep them all).",
                              json_schema_extra={"flag": "--filter-web/--keep-all-web"})
     keep: Literal["best", "all"] = Field("all", description="Keep every synthetic caption that passes, "

@@ -32,8 +32,9 @@ def mark_failed(batch: dict[str, Any], reason: str) -> dict[str, Any]:
     error = [reason if s in (OK, PENDING) else e for s, e in zip(batch["status"], batch["error"])]
     out = dict(batch)
     out["status"], out["error"] = object_column(status), object_column(error)
-    if "image" in out:  # a failed row carries no image on
-        out["image"] = object_column([None] * len(status))
+    for column in ("image", "_source_image"):  # a failed row carries no image on
+        if column in out:
+            out[column] = object_column([None] * len(status))
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.caption_text import pre_caption
 from model.config import MEDConfig
 
 
@@ -64,13 +65,19 @@ def collate(
     generator: torch.Generator | None,
     crop_scale_min: float,
     prefix: str = "",
+    caption_max_words: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """A decoded batch (image uint8, caption, image_key) -> the tensors a training step takes.
 
-    prefix: text put before every caption (the captioner's prompt)."""
+    prefix: text put before every caption (the captioner's prompt), after the caption's clean-up.
+    caption_max_words: clean every caption with BLIP's pre_caption, keeping this many words (None:
+    as read)."""
     images = normalise(torch.from_numpy(np.ascontiguousarray(batch["image"])), config)
     if generator is not None:
         images = random_resized_crop(images, crop_scale_min, generator)
-    input_ids, attention_mask = tokenizer.encode([prefix + str(c) for c in batch["caption"]], max_text_len)
+    captions = [str(c) for c in batch["caption"]]
+    if caption_max_words is not None:
+        captions = [pre_caption(c, caption_max_words) for c in captions]
+    input_ids, attention_mask = tokenizer.encode([prefix + c for c in captions], max_text_len)
     ids = torch.tensor([image_id(str(k)) for k in batch["image_key"]], dtype=torch.long)
     return {"pixel_values": images, "input_ids": input_ids, "attention_mask": attention_mask, "image_ids": ids}

@@ -152,7 +152,7 @@ def generate(med, tokenizer, pixels: torch.Tensor, settings: EvaluateSettings, s
     gen = GenerationSettings(
         decoding="nucleus" if settings.decoding == "nucleus" else "beam",
         num_beams=1 if settings.decoding == "greedy" else settings.num_beams,
-        top_p=settings.top_p, max_length=settings.max_length, min_length=settings.min_length, prompt=settings.prompt,
+        top_k=settings.top_k, top_p=settings.top_p, max_length=settings.max_length, min_length=settings.min_length, prompt=settings.prompt,
     )
     out: list[str] = []
     for start in range(0, pixels.shape[0], batch_size):
@@ -193,6 +193,10 @@ def evaluate(settings: EvaluateSettings) -> dict:
     torch.manual_seed(settings.seed)
     if "retrieval" in settings.tasks:
         texts, owner = split.texts
+        if settings.pre_caption:
+            from model.caption_text import pre_caption
+
+            texts = [pre_caption(t, settings.caption_max_words) for t in texts]
         i2t, t2i = retrieval_scores(med, tokenizer, pixels, texts, settings.k_test, settings.batch_size)
         result["retrieval"] = {"k_test": settings.k_test, **recall_at(i2t, t2i, owner)}
     if "caption" in settings.tasks:

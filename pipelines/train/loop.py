@@ -163,7 +163,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             _maybe_inject_fault(config, output, rank, progress.step + 1)
             batch = collate(raw, config=med.config, tokenizer=tokenizer, max_text_len=max_len,
-                            generator=generators["augment"], crop_scale_min=settings.crop_scale_min, prefix=prefix)
+                            generator=generators["augment"], crop_scale_min=settings.crop_scale_min, prefix=prefix,
+                            caption_max_words=settings.caption_max_words if settings.pre_caption else None)
             values = train_step(module, to_device(batch, device), optimizer, scheduler,
                                 alpha=alpha_for(progress.step, steps_per_epoch), generator=generators["negatives"],
                                 grad_clip=settings.grad_clip, autocast_device=autocast)

@@ -50,6 +50,17 @@ class JobSettings(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1.0, description="LM label smoothing (BLIP: 0.1). It leaves "
                                    "1 - eps on the right token, so nucleus sampling at top-p >= 1 - eps dips "
                                    "into a uniform tail of stray tokens: lower one or the other.")
+    pre_caption: bool = Field(True, description="Clean every training caption as BLIP's pre_caption: lowercase, "
+                                                ". ! \" ( ) * # : ; ~ to spaces, at most caption_max_words words.")
+    caption_max_words: int = Field(30, ge=1, le=10_000, description="Words pre_caption keeps (BLIP: 30).")
+    positives: Literal["auto", "pair", "image"] = Field(
+        "auto", description="ITC/ITM positives: the pair itself (BLIP's pre-training) or every caption of the "
+                            "same image (BLIP's retrieval fine-tune). auto: pair for pretrain, image for filter.")
+    text_dropout: float | None = Field(None, ge=0, lt=1.0, description="Dropout on the text transformer's hidden "
+                                       "states and attention probabilities; default the checkpoint's (BLIP's 0.1 for "
+                                       "base, large and imported BLIP weights; 0 for tiny).")
+    vision_drop_path: float | None = Field(None, ge=0, lt=1.0, description="ViT drop-path rate at the last block; "
+                                           "default the checkpoint's (BLIP: 0.1 for ViT-L, else 0).")
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks).")
     cpus_per_worker: float = Field(1.0, gt=0, le=256)
     use_gpu: bool = Field(False, description="One GPU per worker, NCCL and bf16 autocast.")
@@ -119,10 +130,15 @@ class EvaluateSettings(BaseModel):
     max_images: int | None = Field(None, ge=1, description="Evaluate on the first this many images only.")
     decoding: Literal["beam", "nucleus", "greedy"] = Field("beam", description="Caption decoding.")
     num_beams: int = Field(3, ge=1, le=64)
+    top_k: int = Field(50, ge=0, le=1_000_000, description="Nucleus: the k most likely tokens, renormalised, "
+                                                          "before top-p (BLIP's); 0 = off.")
     top_p: float = Field(0.9, gt=0, le=1)
     max_length: int = Field(20, ge=1, le=512)
     min_length: int = Field(5, ge=0, le=512)
     prompt: str = Field("a picture of ")
+    pre_caption: bool = Field(True, description="Clean the retrieval texts as BLIP's pre_caption (its retrieval "
+                                                "evaluation does); caption references are left as written.")
+    caption_max_words: int = Field(30, ge=1, le=10_000, description="Words pre_caption keeps (BLIP: 30).")
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")

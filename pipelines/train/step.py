@@ -29,10 +29,14 @@ def default_queue_size(med: MED) -> int:
 def build_task(
     settings: TrainSettings, med: MED, tokenizer, gather: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> TrainingTask:
+    """The task of `settings` over `med`; the training's dropout / drop-path flags, when given,
+    replace the checkpoint's rates first (so the momentum encoders copy them too)."""
+    med.set_regularisers(settings.text_dropout, settings.text_dropout, settings.vision_drop_path)
     prompt_length = len(tokenizer.encode_prompt(settings.prompt)) if settings.task == "caption" else 0
     queue = settings.queue_size if settings.queue_size is not None else default_queue_size(med)
     return TrainingTask(med, TASK_KINDS[settings.task], queue_size=max(1, queue),
-                        prompt_length=prompt_length, label_smoothing=settings.label_smoothing, gather=gather)
+                        prompt_length=prompt_length, label_smoothing=settings.label_smoothing, gather=gather,
+                        positives=None if settings.positives == "auto" else settings.positives)
 
 
 def caption_prefix(settings: TrainSettings) -> str:
