@@ -226,7 +226,7 @@ def _kept_mass(logits: torch.Tensor, settings: GenerationSettings) -> tuple[torc
     token: TopKLogitsWarper's and TopPLogitsWarper's rules.
     """
     probs = torch.softmax(logits.double() / settings.temperature, dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    sorted_p, order = _sorted_candidates(probs, settings.top_k)
     keep = torch.ones_like(sorted_p, dtype=torch.bool)
     if 0 < settings.top_k < sorted_p.shape[-1]:
         keep = sorted_p >= sorted_p[:, settings.top_k - 1 : settings.top_k]
@@ -239,10 +239,30 @@ def _kept_mass(logits: torch.Tensor, settings: GenerationSettings) -> tuple[torc
     return sorted_p * keep, order
 
 
+def _sorted_candidates(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """probs sorted descending (stable: ties by token id), with their ids: all V columns, or with
+    top-k on only the first m, m = the most tokens any row has at or above its k-th probability
+    (k, unless a token ties with some row's k-th).
+    The columns left out are ones top-k zeroes, so every result downstream is the same; sorting
+    30 524 float64s per row at every decode step was ~5 % of a caption's time at BLIP-base."""
+    vocab = probs.shape[-1]
+    if not 0 < top_k < vocab:
+        return probs.sort(dim=-1, descending=True, stable=True)
+    values, ids = probs.topk(top_k + 1, dim=-1)
+    if bool((values[:, top_k] == values[:, top_k - 1]).any()):  # a tie with some row's k-th: widen
+        m = int((probs >= values[:, top_k - 1 : top_k]).sum(dim=-1).max())
+        ids = probs.topk(m, dim=-1).indices
+    else:
+        ids = ids[:, :top_k]
+    ids = ids.sort(dim=-1).values  # the candidates, by token id
+    values, within = probs.gather(1, ids).sort(dim=-1, descending=True, stable=True)
+    return values, ids.gather(1, within)
+
+
 def sampling_distribution(logits: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
     """(A, V) processed logits -> (A, V) the distribution a nucleus draw samples from."""
     mass, order = _kept_mass(logits, settings)
-    out = torch.zeros_like(mass).scatter(1, order, mass)
+    out = mass.new_zeros(logits.shape).scatter(1, order, mass)
     return out / out.sum(dim=-1, keepdim=True)
 
 

@@ -224,3 +224,26 @@ def test_top_k_zero_is_off_and_top_k_keeps_ties():
     assert (sampling_distribution(logits, GenerationSettings(top_k=0, top_p=1.0)) > 0).all()
     kept = sampling_distribution(logits, GenerationSettings(top_k=2, top_p=1.0))
     assert (kept[0, :4] > 0).all() and kept[0, 4] == 0  # the 2nd value is tied three ways, as TopKLogitsWarper
+
+
+def test_top_k_sorts_only_its_candidates_and_samples_exactly_as_a_full_sort(monkeypatch):
+    """With top-k on, only the candidates are sorted (a full sort of the vocabulary at every step
+    was the sampler's cost); the distribution and every draw are those of the full stable sort,
+    ties with the k-th token included."""
+    import model.generation as generation
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 300, generator=g, dtype=torch.float64)
+    logits[:, ::7] = logits[:, :1]  # ties, some of them at the k-th place
+    logits = logits.round(decimals=1)
+    uniforms = torch.rand(6, generator=g, dtype=torch.float64)
+    for top_k in (1, 5, 50, 299):
+        for top_p in (1.0, 0.9, 0.3):
+            settings = GenerationSettings(top_k=top_k, top_p=top_p)
+            fast = (sampling_distribution(logits, settings), generation._nucleus_pick(logits, uniforms, settings))
+            assert generation._sorted_candidates(torch.softmax(logits, -1), top_k)[0].shape[1] < 300
+            with monkeypatch.context() as patch:
+                patch.setattr(generation, "_sorted_candidates",
+                              lambda probs, k: probs.sort(dim=-1, descending=True, stable=True))
+                full = (sampling_distribution(logits, settings), generation._nucleus_pick(logits, uniforms, settings))
+            assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1]), (top_k, top_p)
