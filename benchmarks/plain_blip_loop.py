@@ -41,31 +41,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-length", type=int, default=10)
     parser.add_argument("--repetition-penalty", type=float, default=1.1)  # BLIP's for sampling
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the same loop on a GPU (float32 as well)")
     args = parser.parse_args(argv)
 
     rows = pq.read_table(args.input).to_pylist()
     processor = BlipImageProcessorPil.from_pretrained(args.captioner)
     tokenizer = AutoTokenizer.from_pretrained(args.captioner)
-    captioner = BlipForConditionalGeneration.from_pretrained(args.captioner).eval()
-    scorer = BlipForImageTextRetrieval.from_pretrained(args.filter).eval()
+    captioner = BlipForConditionalGeneration.from_pretrained(args.captioner).eval().to(args.device)
+    scorer = BlipForImageTextRetrieval.from_pretrained(args.filter).eval().to(args.device)
     loaded = time.perf_counter() - start
     torch.manual_seed(args.seed)
-    prompt = tokenizer("a picture of", return_tensors="pt")
+    prompt = tokenizer("a picture of", return_tensors="pt").to(args.device)
     done: list[float] = []
     results = []
     with torch.inference_mode():
         for row in rows:
             with urllib.request.urlopen(row["url"], timeout=30) as response:
                 image = Image.open(io.BytesIO(response.read())).convert("RGB")
-            pixel_values = processor(images=image, return_tensors="pt").pixel_values
+            pixel_values = processor(images=image, return_tensors="pt").pixel_values.to(args.device)
             ids = captioner.generate(pixel_values=pixel_values, input_ids=prompt.input_ids,
                                      attention_mask=prompt.attention_mask, do_sample=True, top_p=args.top_p,
                                      max_length=args.max_length, min_length=args.min_length,
                                      repetition_penalty=args.repetition_penalty)
-            caption = tokenizer.decode(ids[0], skip_special_tokens=True)
+            caption = tokenizer.decode(ids[0].cpu(), skip_special_tokens=True)
             scores = []
             for text in (row["caption"], caption):
-                enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=35)
+                enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=35).to(args.device)
                 logits = scorer(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                                 pixel_values=pixel_values).itm_score
                 scores.append(float(logits.softmax(dim=-1)[0, 1]))
