@@ -35,14 +35,18 @@ def answer_weights(answers: Sequence[str]) -> list[tuple[str, float]]:
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """VQA accuracy, min(#answers equal to the prediction / 3, 1): `answers` holds one entry per
-    annotator (VQAv2: 10). With fewer than 3 listed (the toy world lists the canonical answer and
-    its synonyms, each given once and each fully right) the divisor is their number, capped at 3:
-    any listed answer then scores 1."""
+    """VQA accuracy: min(#annotators who gave the prediction / 3, 1), `answers` holding one entry
+    per annotator (VQAv2: 10, with repeats). A list without repeats is read as accepted
+    alternatives, each fully right (the toy world lists the canonical answer and its synonyms
+    once each): a match scores 1. (A VQAv2 question whose 10 annotators all disagreed would score
+    1 here where VQA scores 1/3: such questions are rare.)"""
     if not answers:
         raise ValueError("a VQA question without answers cannot be scored")
-    matches = sum(prediction.strip().lower() == a.strip().lower() for a in answers)
-    return min(1.0, matches / min(3, len(answers)))
+    given = [a.strip().lower() for a in answers]
+    matches = given.count(prediction.strip().lower())
+    if len(set(given)) == len(given):
+        return float(matches > 0)
+    return min(1.0, matches / 3)
 
 
 def question_states(med: MED, image_embeds: torch.Tensor, q_ids: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
