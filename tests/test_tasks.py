@@ -206,3 +206,16 @@ def test_evaluate_every_downstream_task_from_the_cli(world, tokenizer, tmp_path,
     assert main(["evaluate", "--tasks", "video_qa", "--checkpoint", str(pretrained), "--data", str(t / "clips_qa.parquet"),
                  "--data", str(t / "clips.parquet")]) == 2
     assert "cannot be used to evaluate video_qa" in capsys.readouterr().err
+
+
+def test_bootstrap_refuses_a_task_model_as_captioner_before_ray_starts(tokenizer, tmp_path, capsys):
+    med = tiny_med(tokenizer)
+    nlvr = save_task_checkpoint(tmp_path / "nlvr2", med, tokenizer, "nlvr2", NLVRHead(med))
+    captioner = save_checkpoint(tmp_path / "captioner", tiny_med(tokenizer), tokenizer, extra={"roles": ["captioner"]})
+    web = tmp_path / "web.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.png"], "caption": ["a red square"]}), web)
+    base = ["bootstrap", "--input", str(web), "--allow-private-hosts"]
+    assert main(base + ["--output", str(tmp_path / "a"), "--captioner", str(nlvr), "--filter", str(captioner)]) != 0
+    assert "trained as nlvr2 cannot be the captioner" in capsys.readouterr().err
+    assert main(base + ["--output", str(tmp_path / "b"), "--captioner", str(captioner), "--filter", str(captioner)]) != 0
+    assert "trained as captioner cannot be the filter" in capsys.readouterr().err

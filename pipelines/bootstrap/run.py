@@ -98,7 +98,7 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     layout = OutputLayout.at(settings.output, settings.storage_options)
     run = prepare_output(settings, layout, input_fingerprint(settings))  # refuse before Ray starts
     checkpoints = {} if settings.download_only else {
-        "captioner": _checkpoint_hash(settings.captioner), "filter": _checkpoint_hash(settings.filter)}
+        "captioner": _checkpoint_hash(settings.captioner, "captioner"), "filter": _checkpoint_hash(settings.filter, "filter")}
     started = _init_ray(settings)
     try:
         plan = plan_input(settings, layout)
@@ -139,7 +139,15 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     return manifest
 
 
-def _checkpoint_hash(path: Any) -> str:
+def _checkpoint_hash(path: Any, role: str) -> str:
+    """The checkpoint's hash, once it is known to be trained as `role`: an NLVR2 or VQA model is
+    refused as the captioner or the filter before Ray starts, not loaded because its shapes fit."""
     from model.checkpoint import checkpoint_hash
+    from model.tasks.checkpoint import require_role_on_disk
+    from model.weights_io import CheckpointError
 
+    try:
+        require_role_on_disk(path, role)
+    except CheckpointError as exc:
+        raise BootstrapError(str(exc)) from None
     return checkpoint_hash(path)
