@@ -35,9 +35,10 @@ TASK_FILES = ("vqa", "nlvr2", "dialog", "clips", "clips_qa")
 class Where:
     file: str
     row: int
+    part: str = ""  # inside the row, e.g. "rounds[2]"
 
     def __str__(self) -> str:
-        return f"{self.file}, row {self.row}"
+        return f"{self.file}, row {self.row}" + (f": {self.part}" if self.part else "")
 
 
 def _fail(where: Where, message: str) -> DataError:
@@ -104,17 +105,14 @@ def _dialog(row: dict, where: Where, folder: str, checked: dict) -> dict[str, An
         raise _fail(where, f"field 'rounds' must be a non-empty list, got {rounds!r}")
     clean = []
     for j, r in enumerate(rounds):
-        inner = Where(where.file, where.row)
+        inner = Where(where.file, where.row, f"rounds[{j}]")
         if not isinstance(r, dict):
-            raise _fail(inner, f"rounds[{j}] must be a mapping")
-        try:
-            question, answer = _text(r, "question", inner), _text(r, "answer", inner)
-            candidates = _texts(r, "candidates", inner)
-        except DataError as exc:
-            raise DataError(str(exc).replace(str(inner), f"{inner}, rounds[{j}]")) from None
+            raise _fail(inner, "must be a mapping")
+        question, answer = _text(r, "question", inner), _text(r, "answer", inner)
+        candidates = _texts(r, "candidates", inner)
         index = r.get("answer_index")
         if not isinstance(index, int) or not 0 <= index < len(candidates) or candidates[index] != answer:
-            raise _fail(where, f"rounds[{j}]: 'answer_index' {index!r} does not point at the answer {answer!r} "
+            raise _fail(inner, f"'answer_index' {index!r} does not point at the answer {answer!r} "
                                f"among {len(candidates)} candidates")
         clean.append({"question": question, "answer": answer, "candidates": candidates, "answer_index": index})
     return {"image": _image(row, "image", where, folder, checked), "caption": _text(row, "caption", where),
