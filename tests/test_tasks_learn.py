@@ -51,7 +51,7 @@ def test_vqa_by_ranking_and_by_generation_beats_chance(world, vqa_checkpoint):
     ranked = evaluate_vqa(ck.med, ck.tokenizer, test, inference="rank", k=16, answers=answers)
     generated = evaluate_vqa(ck.med, ck.tokenizer, test, inference="generate")
     print("vqa", ranked["accuracy"], generated["accuracy"], "chance", chance)
-    # measured: 0.24-0.31 after 100-400 steps, both ways
+    # measured: 0.38 ranked, 0.37 generated (a uniform pick among the question type's answers: 0.31)
     assert ranked["accuracy"] > chance + 0.10
     assert generated["accuracy"] > chance + 0.10
 
@@ -65,7 +65,7 @@ def test_video_qa_zero_shot_with_the_vqa_model_beats_chance(world, vqa_checkpoin
     result = evaluate_video_qa(ck.med, ck.tokenizer, rows, frames=4, k=16, answers=answers)
     print("video qa", result["accuracy"], "chance", chance)
     assert result["frames"] == 4
-    assert result["accuracy"] > chance + 0.04  # measured 0.13-0.15
+    assert result["accuracy"] > chance + 0.06  # measured 0.21
 
 
 def test_nlvr2_beats_chance(world, tokenizer, tmp_path):
@@ -80,7 +80,7 @@ def test_nlvr2_beats_chance(world, tokenizer, tmp_path):
     result = evaluate_nlvr2(ck.med, head, ck.tokenizer, test)
     chance = max(result["true_share"], 1 - result["true_share"])  # the majority label's share
     print("nlvr2", result, "chance", chance)
-    assert result["accuracy"] > chance + 0.04
+    assert result["accuracy"] > chance + 0.06  # measured 0.65
 
 
 def test_dialog_ranks_the_true_answer_above_chance(world, tokenizer):
@@ -92,7 +92,7 @@ def test_dialog_ranks_the_true_answer_above_chance(world, tokenizer):
     n = result["candidates"][0]
     chance_mrr = sum(1 / r for r in range(1, n + 1)) / n  # 0.293 for 10 candidates
     print("dialog", result, "chance mrr", chance_mrr)
-    assert result["mrr"] > chance_mrr + 0.10
+    assert result["mrr"] > chance_mrr + 0.10  # measured 0.54
     assert result["r@1"] > 1 / n + 0.10
     assert result["mean_rank"] < (n + 1) / 2 - 1.0
 
@@ -105,5 +105,5 @@ def test_video_retrieval_zero_shot_with_a_retrieval_model_beats_chance(world, to
     result = evaluate_video_retrieval(med, tokenizer, clips, frames=4, k_test=16)
     n = len(clips)
     print("video retrieval", result, "chance median rank", (n + 1) / 2)
-    assert result["t2v_median_rank"] < (n + 1) / 2 - 10
+    assert result["t2v_median_rank"] < (n + 1) / 2 - 10  # measured 9.5
     assert result["t2v_r@10"] > 10 / n + 0.05
