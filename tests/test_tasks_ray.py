@@ -1,4 +1,4 @@
-"""`capfilt finetune vqa|nlvr2|dialog` as Ray Train jobs on local Ray: a job checkpoints, a job
+"""`capfilt finetune vqa|nlvr2|dialog|retrieval` as Ray Train jobs on local Ray: a job checkpoints, a job
 started again on its folder resumes where it stopped, the final model is a task checkpoint that
 evaluation takes, and a wrong-kind start or bad data is refused before any worker starts."""
 
@@ -63,7 +63,7 @@ def test_nlvr2_job_checkpoints_resumes_and_writes_a_task_checkpoint(ray_local, w
     assert load_head(ck, NLVRHead(ck.med))
 
 
-def test_vqa_and_dialog_from_the_cli_and_refusals_before_training(ray_local, world, pretrained, tmp_path, capsys):
+def test_vqa_dialog_and_retrieval_from_the_cli_and_refusals_before_training(ray_local, world, pretrained, tmp_path, capsys):
     vqa = tmp_path / "vqa"
     assert main(["finetune", "vqa", "--data", str(world / "tasks/vqa.parquet"), "--output", str(vqa),
                  "--init", str(pretrained), "--max-steps", "2", "--batch-size", "4"]) == 0
@@ -72,6 +72,10 @@ def test_vqa_and_dialog_from_the_cli_and_refusals_before_training(ray_local, wor
     assert main(["finetune", "dialog", "--data", str(world / "tasks/dialog.parquet"), "--output", str(dialog),
                  "--init", str(pretrained), "--max-steps", "1", "--batch-size", "2"]) == 0
     assert json.loads((dialog / "model" / "extra.json").read_text())["roles"] == ["dialog"]
+    retrieval = tmp_path / "retrieval"  # the filter's recipe under the task's name
+    assert main(["finetune", "retrieval", "--data", str(world / "human.parquet"), "--output", str(retrieval),
+                 "--init", str(pretrained), "--max-steps", "1", "--batch-size", "4"]) == 0
+    assert load_for(retrieval / "model", "evaluate:video_retrieval").roles == ("filter",)
     capsys.readouterr()
     # a VQA model is not where an NLVR2 fine-tune starts
     assert main(["finetune", "nlvr2", "--data", str(world / "tasks/nlvr2.parquet"), "--output", str(tmp_path / "x"),

@@ -93,7 +93,8 @@ def evaluate_video_qa(med, tokenizer, rows, *, frames: int = 8, inference: str =
 
 @torch.inference_mode()
 def evaluate_nlvr2(med, head: NLVRHead, tokenizer, rows, *, batch_size: int = 32) -> dict[str, Any]:
-    med.eval(), head.eval()
+    med.eval()
+    head.eval()
     correct = 0
     for start in range(0, len(rows), batch_size):
         b = nlvr_batch(rows[start : start + batch_size], tokenizer, med.config, med.config.max_text_len)
