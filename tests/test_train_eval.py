@@ -26,11 +26,13 @@ def test_recall_from_hand_made_scores():
     assert r["ir@1"] == 0.75 and r["ir@5"] == 1.0
 
 
-def test_bleu_and_cider_reward_the_right_caption():
+@pytest.mark.slow  # METEOR starts its own JVM: ~25 s on a busy 2-core machine
+def test_caption_metrics_reward_the_right_caption():
     refs = [["a red square on the left", "a small red square"], ["two blue circles", "blue circles at the top"]]
     good = caption_metrics(refs, ["a red square on the left", "two blue circles"])
     bad = caption_metrics(refs, ["two blue circles", "a red square on the left"])
-    assert good["bleu4"] > bad["bleu4"] and good["cider"] > bad["cider"]
+    for metric in ("bleu4", "meteor", "rouge_l", "cider"):
+        assert good[metric] > bad[metric], metric
 
 
 @pytest.fixture()
@@ -72,5 +74,5 @@ def test_evaluate_a_random_tiny_checkpoint(split, tmp_path):
     for key in ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"):
         assert 0.0 <= result["retrieval"][key] <= 1.0
     assert result["retrieval"]["tr@5"] == 1.0  # 6 candidates: every image has a text in the top 5
-    assert set(result["caption"]) >= {"bleu4", "cider"}
+    assert set(result["caption"]) >= {"bleu4", "meteor", "rouge_l", "cider"}
     assert json.loads(out.read_text())["sha256"] == result["sha256"]

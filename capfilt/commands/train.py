@@ -1,6 +1,7 @@
-"""`capfilt pretrain`, `capfilt finetune caption|filter` and `capfilt evaluate`.
+"""`capfilt pretrain`, `capfilt finetune caption|filter|retrieval|vqa|nlvr2|dialog` and `capfilt evaluate`.
 
-Thin typed commands over pipelines/train: `run_training(TrainSettings)` and `evaluate(EvaluateSettings)`.
+Thin typed commands over pipelines/train: `run_training(TrainSettings)`,
+`run_task_training(TaskFinetuneSettings)` (the downstream tasks) and `evaluate(EvaluateSettings)`.
 The same commands run on a laptop (a local Ray is started) and on a cluster (`RAY_ADDRESS`, or
 `ray job submit -- capfilt pretrain ...`).
 """
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from capfilt.settings_cli import EXIT_BAD_SETTINGS, format_validation_error, settings_command
 from pipelines.train.settings import EvaluateSettings, FinetuneSettings, JobSettings, Task, TrainSettings
+from pipelines.train.tasks.settings import FinetuneTask, TaskFinetuneSettings, TaskJobSettings
 
 EXIT_FAILED = 1
 
@@ -39,6 +41,20 @@ def _train(task: Task, job: JobSettings) -> int:
     return 0
 
 
+def _train_task(task: FinetuneTask, job: TaskJobSettings) -> int:
+    from model.weights_io import CheckpointError
+    from pipelines.train.data import DataError
+    from pipelines.train.tasks.job import run_task_training
+
+    try:
+        summary = run_task_training(TaskFinetuneSettings.for_task(task, job))
+    except (DataError, CheckpointError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_BAD_SETTINGS
+    typer.echo(json.dumps(summary, indent=2))
+    return 0
+
+
 def register(app: typer.Typer) -> None:
     @settings_command(app, "pretrain", JobSettings,
                       help="Pre-train the MED (ITC+ITM+LM) with Ray Train on bootstrap output, toy-world "
@@ -46,8 +62,8 @@ def register(app: typer.Typer) -> None:
     def pretrain(settings: JobSettings) -> int:
         return _train("pretrain", settings)
 
-    finetune = typer.Typer(help="Fine-tune the captioner (LM) or the filter (ITC+ITM) on human pairs.",
-                           no_args_is_help=True)
+    finetune = typer.Typer(help="Fine-tune a pre-trained model for one task: caption (LM), filter / retrieval "
+                                "(ITC+ITM), vqa, nlvr2, dialog.", no_args_is_help=True)
     app.add_typer(finetune, name="finetune")
 
     @settings_command(finetune, "caption", FinetuneSettings,
@@ -62,16 +78,45 @@ def register(app: typer.Typer) -> None:
     def filter_(settings: FinetuneSettings) -> int:
         return _train("filter", settings)
 
+    @settings_command(finetune, "retrieval", FinetuneSettings,
+                      help="Fine-tune for image-text retrieval: the filter's recipe (ITC + ITM with hard "
+                           "negatives) under the task's own name. OUTPUT/model is a filter too.")
+    def retrieval(settings: FinetuneSettings) -> int:
+        return _train("filter", settings)
+
+    @settings_command(finetune, "vqa", TaskJobSettings,
+                      help="Fine-tune for VQA (BLIP's blip_vqa): the image-grounded encoder reads the question, "
+                           "the decoder learns the answers (LM loss, answers weighted by their share). "
+                           "Data: tasks/vqa.parquet.")
+    def vqa(settings: TaskJobSettings) -> int:
+        return _train_task("vqa", settings)
+
+    @settings_command(finetune, "nlvr2", TaskJobSettings,
+                      help="Fine-tune for NLVR2 (BLIP's blip_nlvr): a statement against two images through "
+                           "a twin cross-attention, a true/false head. Data: tasks/nlvr2.parquet.")
+    def nlvr2(settings: TaskJobSettings) -> int:
+        return _train_task("nlvr2", settings)
+
+    @settings_command(finetune, "dialog", TaskJobSettings,
+                      help="Fine-tune for visual dialog: image, caption and history encoded, each candidate "
+                           "answer scored true/false by ITM. Data: tasks/dialog.parquet.")
+    def dialog(settings: TaskJobSettings) -> int:
+        return _train_task("dialog", settings)
+
     @settings_command(app, "evaluate", EvaluateSettings,
-                      help="Zero-shot retrieval (TR/IR R@1/5/10, ITC then ITM re-rank of the top k) and "
-                           "captioning (BLEU-4, CIDEr) of a checkpoint on a split.")
+                      help="Evaluate a checkpoint on a split, per task (--tasks): retrieval (TR/IR R@1/5/10, "
+                           "ITC then ITM re-rank of the top k), caption (BLEU-4, METEOR, ROUGE-L, CIDEr), "
+                           "vqa (VQA accuracy, answers generated or ranked), nlvr2 (accuracy), dialog (MRR, "
+                           "R@1/5/10, mean rank), zero-shot video_retrieval (R@1/5/10, median rank) and "
+                           "video_qa (accuracy).")
     def evaluate(settings: EvaluateSettings) -> int:
+        from model.weights_io import CheckpointError
         from pipelines.train.data import DataError
         from pipelines.train.evaluate import evaluate as run_evaluate
 
         try:
             metrics = run_evaluate(settings)
-        except DataError as exc:
+        except (DataError, CheckpointError) as exc:
             typer.echo(f"error: {exc}", err=True)
             return EXIT_BAD_SETTINGS
         typer.echo(json.dumps(metrics, indent=2))

@@ -101,15 +101,19 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     # The checkpoints' sha256 (for the manifest) reads every weight byte: ~2 s per GB. It runs
     # beside Ray's start-up and the job instead of before them; a folder that is missing is
     # reported here, one that cannot be read within moments, before any work is done.
-    for role in () if settings.download_only else ("captioner", "filter"):
+    # The role check (the first in the queue) is done before the graph starts.
+    roles = () if settings.download_only else ("captioner", "filter")
+    for role in roles:
         if not os.path.exists(getattr(settings, role)):
             raise BootstrapError(f"{role} checkpoint {getattr(settings, role)}: no such file or folder")
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-hash")
-    hashes = {} if settings.download_only else {
-        role: hashing.submit(_checkpoint_hash, getattr(settings, role)) for role in ("captioner", "filter")}
+    trained_as = {role: hashing.submit(_require_role, getattr(settings, role), role) for role in roles}
+    hashes = {role: hashing.submit(_checkpoint_hash, getattr(settings, role)) for role in roles}
     hashing.shutdown(wait=False)
     started = _init_ray(settings)
     try:
+        for future in trained_as.values():
+            future.result()  # a checkpoint not trained as its role stops the job here, before any work
         for future in hashes.values():
             if future.done():
                 future.result()  # raises a checkpoint that could not be read, before the graph starts
@@ -150,6 +154,18 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     if verbose:
         print(summary_table(manifest))
     return manifest
+
+
+def _require_role(path: Any, role: str) -> None:
+    """Refuse a checkpoint not trained as `role`: an NLVR2 or VQA model as the captioner or the
+    filter is refused before the graph starts, not loaded because its shapes fit."""
+    from model.tasks.checkpoint import require_role_on_disk
+    from model.weights_io import CheckpointError
+
+    try:
+        require_role_on_disk(path, role)
+    except CheckpointError as exc:
+        raise BootstrapError(str(exc)) from None
 
 
 def _checkpoint_hash(path: Any) -> str:

@@ -1,10 +1,12 @@
-"""Evaluation of a checkpoint on a split: zero-shot retrieval and captioning.
+"""Evaluation of a checkpoint on a split: zero-shot retrieval and captioning; the downstream tasks
+are handed to pipelines/train/tasks/evaluate.py.
 
 Retrieval as BLIP's train_retrieval.py scores it: ITC similarity ranks every candidate, then the
 top k are re-ranked by ITM logit (matched) + ITC similarity. TR@K: share of images with one of
 their captions in the top K; IR@K: share of captions with their image in the top K.
-Captioning: BLEU-4 and CIDEr from pycocoevalcap (its PTB tokenizer runs on Java) against every
-reference caption of the image.
+Captioning: BLEU-4, METEOR, ROUGE-L and CIDEr from pycocoevalcap (its PTB tokenizer and METEOR
+run on Java) against every reference caption of the image. SPICE is left out: pycocoevalcap
+downloads Stanford CoreNLP for it on first use, and these machines have no network.
 
 A split is small (val, test): it is read on the driver with pyarrow, without Ray.
 """
@@ -22,7 +24,7 @@ import torch
 
 from pipelines.train.data import DataError, resolve_sources
 from pipelines.train.pairs import decode_image, rows_to_pairs
-from pipelines.train.settings import EvaluateSettings
+from pipelines.train.settings import DOWNSTREAM_TASKS, EvaluateSettings
 
 RECALL_AT = (1, 5, 10)
 
@@ -163,7 +165,7 @@ def generate(med, tokenizer, pixels: torch.Tensor, settings: EvaluateSettings, s
 
 
 def caption_metrics(references: list[list[str]], hypotheses: list[str]) -> dict[str, float]:
-    """BLEU-4 and CIDEr (pycocoevalcap, PTB-tokenised) of one hypothesis per image."""
+    """BLEU-4, METEOR, ROUGE-L and CIDEr (pycocoevalcap, PTB-tokenised) of one hypothesis per image."""
     import shutil
 
     if shutil.which("java") is None:
@@ -171,6 +173,8 @@ def caption_metrics(references: list[list[str]], hypotheses: list[str]) -> dict[
                            "install a JRE, e.g. `apt-get install openjdk-17-jre-headless`")
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     tokenizer = PTBTokenizer()
@@ -178,13 +182,25 @@ def caption_metrics(references: list[list[str]], hypotheses: list[str]) -> dict[
     res = tokenizer.tokenize({i: [{"caption": h or "."}] for i, h in enumerate(hypotheses)})
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
-    return {"bleu4": float(bleu[3]), "cider": float(cider)}
+    meteor, _ = Meteor().compute_score(gts, res)
+    rouge, _ = Rouge().compute_score(gts, res)
+    return {"bleu4": float(bleu[3]), "meteor": float(meteor), "rouge_l": float(rouge), "cider": float(cider)}
 
 
 def evaluate(settings: EvaluateSettings) -> dict:
-    from model.checkpoint import load_checkpoint
+    from model.tasks.checkpoint import load_for
 
-    checkpoint = load_checkpoint(settings.checkpoint)
+    if settings.tasks[0] in DOWNSTREAM_TASKS:
+        from pipelines.train.tasks.evaluate import evaluate_task
+
+        result = evaluate_task(settings)
+        _write(settings, result)
+        return result
+    checkpoint = load_for(settings.checkpoint, f"evaluate:{settings.tasks[0]}")
+    for task in settings.tasks[1:]:
+        from model.tasks.checkpoint import require_role
+
+        require_role(checkpoint, f"evaluate:{task}")
     med, tokenizer = checkpoint.med, checkpoint.tokenizer
     split = load_split(settings.data, settings.max_images)
     pixels = pixel_values(split.images, med.config)
@@ -206,7 +222,11 @@ def evaluate(settings: EvaluateSettings) -> dict:
         hypotheses = generate(med, tokenizer, pixels, settings, seeds, settings.batch_size)
         result["caption"] = {"decoding": settings.decoding, **caption_metrics(split.captions, hypotheses),
                              "examples": [{"key": k, "caption": h} for k, h in list(zip(split.keys, hypotheses))[:5]]}
+    _write(settings, result)
+    return result
+
+
+def _write(settings: EvaluateSettings, result: dict) -> None:
     if settings.output is not None:
         settings.output.parent.mkdir(parents=True, exist_ok=True)
         settings.output.write_text(json.dumps(result, indent=2) + "\n")
-    return result

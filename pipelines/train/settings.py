@@ -116,15 +116,28 @@ class TrainSettings(JobSettings):
         return TASK_LOSSES[self.task]
 
 
+EvalTask = Literal["retrieval", "caption", "vqa", "nlvr2", "dialog", "video_retrieval", "video_qa"]
+# The downstream tasks read task data (one file holds every split; --split picks one), each its own.
+DOWNSTREAM_TASKS = ("vqa", "nlvr2", "dialog", "video_retrieval", "video_qa")
+
+
 class EvaluateSettings(BaseModel):
-    """Zero-shot retrieval and captioning of one checkpoint on one split."""
+    """Evaluation of one checkpoint on one split: image-text retrieval and captioning (split
+    files), or one downstream task (task files, pipelines/train/tasks/)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     checkpoint: Path = Field(description="Checkpoint folder to evaluate.")
     data: list[str] = Field(min_length=1, description="The split: toy-world split Parquet, bootstrap output, ...")
     output: Path | None = Field(None, description="JSON file to write the metrics to (else printed only).")
-    tasks: list[Literal["retrieval", "caption"]] = Field(default_factory=lambda: ["retrieval", "caption"])
+    tasks: list[EvalTask] = Field(default_factory=lambda: ["retrieval", "caption"], description=
+                                  "retrieval, caption (on split files); or one of vqa, nlvr2, dialog, "
+                                  "video_retrieval, video_qa (on task files; video_qa takes clips_qa and clips).")
+    split: str = Field("test", min_length=1, description="Downstream tasks: the split of the task file to evaluate.")
+    inference: Literal["rank", "generate"] = Field("rank", description="VQA and video QA: rank the answer list "
+                                                   "(BLIP's default) or generate the answer (beam 3, max 10).")
+    k_answers: int = Field(128, ge=1, le=100_000, description="VQA rank inference: candidates re-scored (BLIP: 128).")
+    frames: int = Field(8, ge=1, le=256, description="Video tasks: frames sampled uniformly per clip.")
     k_test: int = Field(16, ge=1, le=1024, description="ITM re-ranks the ITC top k.")
     batch_size: int = Field(32, ge=1, le=4096)
     max_images: int | None = Field(None, ge=1, description="Evaluate on the first this many images only.")
@@ -147,4 +160,7 @@ class EvaluateSettings(BaseModel):
             raise ValueError(f"checkpoint: folder not found: {self.checkpoint}")
         if self.min_length > self.max_length:
             raise ValueError(f"min_length {self.min_length} exceeds max_length {self.max_length}")
+        downstream = [t for t in self.tasks if t in DOWNSTREAM_TASKS]
+        if downstream and len(self.tasks) > 1:
+            raise ValueError(f"tasks: {downstream[0]} reads its own task data; evaluate it alone (got {self.tasks})")
         return self
