@@ -208,7 +208,7 @@ def test_evaluate_every_downstream_task_from_the_cli(world, tokenizer, tmp_path,
     assert "cannot be used to evaluate video_qa" in capsys.readouterr().err
 
 
-def test_bootstrap_refuses_a_task_model_as_captioner_before_ray_starts(tokenizer, tmp_path, capsys):
+def test_bootstrap_refuses_a_task_model_as_captioner_before_any_work(tokenizer, tmp_path, capsys):
     med = tiny_med(tokenizer)
     nlvr = save_task_checkpoint(tmp_path / "nlvr2", med, tokenizer, "nlvr2", NLVRHead(med))
     captioner = save_checkpoint(tmp_path / "captioner", tiny_med(tokenizer), tokenizer, extra={"roles": ["captioner"]})
