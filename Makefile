@@ -41,10 +41,11 @@ test: install $(OPENCLIP_VENV)/bin/python
 
 # Speed at BLIP-base shapes (random weights made on the spot): the model levers one by one, bf16
 # parity, then `capfilt bootstrap` against the plain transformers loop at 32 and 256 images; JSON
-# and one Markdown summary in benchmarks/results/. The plain loop's 256 images alone take ~16 min
-# on 2 cores: it runs once, and its time to image 32 stands for the 32-image run (--plain-prefix).
-# BENCH_ARGS passes options to the comparison (e.g. --repeats 3 for a median at 32 images).
-BENCH_ARGS ?= --images 32 256 --repeats 1 --repeats-large 1 --plain-prefix
+# and one Markdown summary (bench_summary.md) in benchmarks/results/. The plain loop's 256 images
+# are most of the time (~13-17 min on 2 cores): it runs once, and its time to image 32 stands for
+# the 32-image run (--plain-prefix), while capfilt's 32-image run is repeated 3 times.
+# BENCH_ARGS passes options to the comparison.
+BENCH_ARGS ?= --images 32 256 --repeats 3 --repeats-large 1 --plain-prefix
 bench: install
 	$(BIN)/python -m benchmarks.model_levers --images 2 --repeats 3
 	$(BIN)/python -m benchmarks.precision_parity --images 4
