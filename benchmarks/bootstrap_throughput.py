@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' world helpers
 from bootstrap_world import bootstrap_settings, make_checkpoint, make_small_world  # noqa: E402
 
+from benchmarks.machine import machine  # noqa: E402
 from capfilt.world.server import WorldServer  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.generation import generate_captions  # noqa: E402
@@ -72,18 +72,6 @@ def naive_loop(settings: BootstrapSettings, rows: list[dict]) -> float:
             results.append((row["key"], status, captions, scores.itm[0]))
     assert len(results) == len(rows)
     return time.perf_counter() - start
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -128,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_median": statistics.median(graph_ips) / statistics.median(loop_ips),
         "timing": "wall clock from loading checkpoints to the last row written; graph on a Ray instance "
                   "started beforehand (its actors start inside the timing)",
-        "machine": machine(),
+        "machine": {**machine(), "torch_threads": torch.get_num_threads()},
     }
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("graph_images_per_s", "loop_images_per_s", "ratio_median")}))
