@@ -121,6 +121,7 @@ METADATA_URLS = [
     "http://metadata.google.internal/computeMetadata/v1/",
     "http://METADATA.google.internal./computeMetadata/v1/",
     "http://metadata.goog/",
+    "http://ｍｅｔａｄａｔａ.google.internal/",  # fullwidth letters: the same name once IDNA-encoded
 ]
 
 

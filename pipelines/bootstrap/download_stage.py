@@ -59,6 +59,21 @@ def user_agent(token: str | None) -> str:
     return f"{BASE_USER_AGENT} (compatible; {token}; +https://github.com/rom1504/img2dataset)"
 
 
+def ascii_host(parts: urllib.parse.SplitResult) -> str:
+    """The URL with its host name IDNA-encoded ("bücher.de" -> "xn--bcher-kva.de"), as DNS and the
+    Host header need it; urllib would send a non-ASCII Host header and fail."""
+    host = parts.hostname or ""
+    if host.isascii():
+        return parts.geturl()
+    try:
+        encoded = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"host name is not valid IDNA: {exc}") from None
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    port = f":{parts.port}" if parts.port is not None else ""
+    return parts._replace(netloc=f"{userinfo}{at}{encoded}{port}").geturl()
+
+
 class DownloadStage:
     """Ray Data stage: rows with status 'pending' get status, error, image (JPEG), width, height."""
 
@@ -74,9 +89,13 @@ class DownloadStage:
 
     def fetch(self, url: str) -> bytes:
         """The body of `url`, or FetchError with the row's status."""
-        scheme = urllib.parse.urlsplit(url).scheme.lower() if isinstance(url, str) else ""
-        if scheme not in ("http", "https"):
-            raise FetchError(BLOCKED_URL, f"url scheme not http(s): {str(url)[:80]}")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme.lower() not in ("http", "https"):
+                raise FetchError(BLOCKED_URL, f"url scheme not http(s): {str(url)[:80]}")
+            url = ascii_host(parts)
+        except (ValueError, TypeError) as exc:  # "http://[::1/x": an unclosed IPv6 bracket, ...
+            raise FetchError(DOWNLOAD_ERROR, f"malformed url: {exc}") from None
         timeout = self.settings.timeout
         request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
         with FetchContext(timeout, self.settings.allow_private_hosts, self.resolve) as context:
@@ -123,7 +142,14 @@ class DownloadStage:
         # PIL's full load refuses it, so it checks first.
         try:
             with Image.open(io.BytesIO(data)) as img:
+                # PIL only warns between MAX_IMAGE_PIXELS and twice that, and the Resizer's decoder
+                # would then expand a few hundred KB into gigabytes of pixels
+                if img.width * img.height > Image.MAX_IMAGE_PIXELS:
+                    raise FetchError(DECODE_ERROR, f"image has {img.width}x{img.height} pixels, more than "
+                                                   f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
                 img.load()
+        except FetchError:
+            raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
             # drop object addresses ("<_io.BytesIO object at 0x7f..>"): the same input must give
             # the same error text in every run, or a resumed run would differ

@@ -42,7 +42,14 @@ class HostRefused(Exception):
 
 
 def normal_host(host: str) -> str:
-    return host.strip().rstrip(".").lower()
+    """The name as DNS sees it: IDNA-encoded (fullwidth "ｍｅｔａｄａｔａ" is "metadata"), lower case,
+    no trailing dot."""
+    host = host.strip().rstrip(".")
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass  # not a valid IDNA name: resolving it fails too
+    return host.lower()
 
 
 def _unwrapped(addr: IPAddress) -> IPAddress:
