@@ -284,3 +284,15 @@ def test_every_bad_input_leaves_as_a_row_with_its_status_and_reason(server, tmp_
           f"sum of peaks {sum(peaks.values()) / 2**30:.2f} GiB")
     assert len(peaks) > 2, "the job's Ray processes were measured"
     assert biggest < PEAK_RSS_BOUND, f"a process of the job peaked at {biggest / 2**30:.2f} GiB"
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
+    """The fast check of the same thing, without Ray: PIL only warns about this image's size, and the
+    Resizer would expand it; the stage refuses it from the header."""
+    from pipelines.bootstrap.download_stage import DownloadStage
+    from pipelines.bootstrap.settings import BootstrapSettings
+
+    stage = DownloadStage(BootstrapSettings(input="x.csv", output=tmp_path, download_only=True))
+    status, error, image, _, _ = stage.process_row(None, BOMB)
+    assert status == "decode_error" and "13000x13000 pixels" in error and image is None
+    assert stage.process_row(None, GOOD)[0] == "ok"

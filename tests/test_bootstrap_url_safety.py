@@ -202,3 +202,16 @@ def test_a_trickling_server_loses_its_row_at_the_deadline_not_when_it_stops(tmp_
             break
         time.sleep(0.25)
     assert first.client_left == [path] and first.trickle_finished == []
+
+
+def test_odd_urls_each_get_their_row_status(tmp_path, servers):
+    """A malformed URL is its row's download_error (not an exception that costs the batch); a
+    Unicode host name is IDNA-encoded before it is resolved and sent as Host."""
+    first, _ = servers
+    port = first.server_port
+    urls = ["http://[::1/x.jpg", "http://", f"http://127.0.0.1:{port}/a\r\nX-Injected: 1",
+            f"http://ｌｏｃａｌｈｏｓｔ:{port}/good.jpg", "file:///etc/passwd", "data:,hello"]
+    got = run_stage(DownloadStage(settings(tmp_path)), urls)
+    assert [s for s, _ in got] == ["download_error", "download_error", "download_error", "ok",
+                                   "blocked_url", "blocked_url"], got
+    assert "malformed url" in got[0][1]
