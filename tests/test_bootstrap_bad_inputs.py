@@ -296,3 +296,17 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
     status, error, image, _, _ = stage.process_row(None, BOMB)
     assert status == "decode_error" and "13000x13000 pixels" in error and image is None
     assert stage.process_row(None, GOOD)[0] == "ok"
+
+
+def test_an_output_that_cannot_be_written_stops_the_job_with_the_reason(tmp_path, capsys):
+    """A file where the output folder should be: one line naming the output and the OS's reason,
+    exit 1, before Ray starts and before anything is written."""
+    from capfilt.cli import main as capfilt_main
+
+    (tmp_path / "in.csv").write_text("url,caption\nhttp://127.0.0.1:9/x.jpg,c\n")
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "out"
+    code = capfilt_main(["bootstrap", "--input", str(tmp_path / "in.csv"), "--output", str(out), "--download-only"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"output {out} cannot be written" in err and "Not a directory" in err, err
+    assert "Traceback" not in err
