@@ -215,3 +215,55 @@ def test_odd_urls_each_get_their_row_status(tmp_path, servers):
     assert [s for s, _ in got] == ["download_error", "download_error", "download_error", "ok",
                                    "blocked_url", "blocked_url"], got
     assert "malformed url" in got[0][1]
+
+
+def test_https_connects_to_the_checked_address_and_still_verifies_the_name(tmp_path, servers, monkeypatch):
+    """Over TLS the socket goes to the pinned address while SNI and the certificate check use the
+    host name: a certificate for pinned.test is accepted for https://pinned.test, refused for
+    another name that resolves to the same address."""
+    import datetime
+    import ssl
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pinned.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("pinned.test")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # the test's certificate is the only CA trusted
+
+    httpd = serve("127.0.0.1")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    port = httpd.server_port
+    asked = []
+
+    def rebinding(host, port_, **kw):
+        asked.append(host)
+        addr = "127.0.0.1" if len(asked) == 1 else "127.0.0.2"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, port_))]
+
+    try:
+        [(status, error)] = run_stage(DownloadStage(settings(tmp_path), resolve=rebinding),
+                                      [f"https://pinned.test:{port}/good.jpg"])
+        assert status == "ok", error
+        assert asked == ["pinned.test"] and httpd.seen == [("127.0.0.1", "/good.jpg", f"pinned.test:{port}")]
+        [(status, error)] = run_stage(DownloadStage(settings(tmp_path), resolve=lambda h, p, **kw: [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p))]), [f"https://other.test:{port}/good.jpg"])
+        assert status == "download_error" and "certificate" in error.lower(), error
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
