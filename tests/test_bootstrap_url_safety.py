@@ -267,3 +267,22 @@ def test_https_connects_to_the_checked_address_and_still_verifies_the_name(tmp_p
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_body_cut_short_by_the_server_is_a_download_error(tmp_path):
+    """Content-Length promises more than the server sends before it closes: the fetch failed (and
+    may be retried), it is not a truncated image."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def answer_half():
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(GOOD) + GOOD[: len(GOOD) // 2])
+
+        threading.Thread(target=answer_half, daemon=True).start()
+        [(status, error)] = run_stage(DownloadStage(settings(tmp_path)),
+                                      [f"http://127.0.0.1:{listener.getsockname()[1]}/half.jpg"])
+    assert status == "download_error" and "bytes of the body missing" in error, (status, error)

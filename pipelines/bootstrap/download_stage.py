@@ -117,6 +117,9 @@ class DownloadStage:
                             raise FetchError(DOWNLOAD_ERROR, f"timed out: no whole answer within {timeout}s")
                     if context.past_deadline():  # the watchdog's shutdown reads as a clean end
                         raise FetchError(DOWNLOAD_ERROR, f"timed out: no whole answer within {timeout}s")
+                    if response.length:  # read1, unlike read, takes an early close as the end
+                        raise FetchError(DOWNLOAD_ERROR, f"connection closed with {response.length} bytes "
+                                                         f"of the body missing")
                     return bytes(body)
             except FetchError:
                 raise
