@@ -19,6 +19,7 @@ import io
 import os
 import re
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -84,6 +85,7 @@ class DownloadStage:
         self.token = settings.user_agent_token.strip().lower() if settings.user_agent_token else None
         self.user_agent = user_agent(settings.user_agent_token)
         self.resolve = resolve
+        self.tls = ssl.create_default_context()  # one for every fetch: thread-safe, slow to make
         self.resizer = Resizer(image_size=settings.image_size, resize_mode=settings.resize_mode,
                                resize_only_if_bigger=settings.resize_only_if_bigger, encode_format="jpg")
 
@@ -100,7 +102,7 @@ class DownloadStage:
         request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
         with FetchContext(timeout, self.settings.allow_private_hosts, self.resolve) as context:
             try:
-                with opener_for(context).open(request, timeout=timeout) as response:
+                with opener_for(context, self.tls).open(request, timeout=timeout) as response:
                     if self.directives and is_disallowed(response.headers, self.token, self.directives):
                         raise FetchError(DOWNLOAD_ERROR, "Use of image disallowed by X-Robots-Tag directive")
                     length = response.headers.get("Content-Length")
