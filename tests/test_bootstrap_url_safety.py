@@ -118,6 +118,7 @@ METADATA_URLS = [
     "http://[fe80::1]/",  # IPv6 link-local
     "http://[::ffff:169.254.169.254]/",  # the same address written as IPv4-mapped IPv6
     "http://100.100.100.200/latest/meta-data/",  # Alibaba
+    "http://192.0.0.192/",  # Oracle's older address
     "http://metadata.google.internal/computeMetadata/v1/",
     "http://METADATA.google.internal./computeMetadata/v1/",
     "http://metadata.goog/",
@@ -286,3 +287,17 @@ def test_a_body_cut_short_by_the_server_is_a_download_error(tmp_path):
         [(status, error)] = run_stage(DownloadStage(settings(tmp_path)),
                                       [f"http://127.0.0.1:{listener.getsockname()[1]}/half.jpg"])
     assert status == "download_error" and "bytes of the body missing" in error, (status, error)
+
+
+def test_a_proxy_in_the_environment_is_not_used(tmp_path, servers, monkeypatch):
+    """Through a proxy, the proxy would resolve the name and the check would not decide where the
+    connection goes: the fetch goes straight to the checked address."""
+    first, second = servers
+    port = first.server_port
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.2:{port}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.2:{port}")
+    first.seen.clear()
+    second.seen.clear()
+    [(status, error)] = run_stage(DownloadStage(settings(tmp_path)), [f"http://127.0.0.1:{port}/good.jpg"])
+    assert status == "ok", error
+    assert [s[:2] for s in first.seen] == [("127.0.0.1", "/good.jpg")] and second.seen == []
