@@ -261,6 +261,51 @@ def test_a_stage_that_raises_on_one_batch_costs_that_batch_its_rows_not_the_job(
     assert ok and all(len(r["synthetic_captions"]) == 1 for r in ok)
 
 
+@pytest.mark.slow
+def test_a_caption_and_a_filter_actor_killed_mid_run_cost_no_row(env, main_run):
+    """A caption actor's process and a filter actor's process each die once mid-run (os._exit,
+    as an OOM kill or a lost machine ends them: no exception, no cleanup). Ray Data restarts the
+    actor and runs its batch again; the output is main_run's, row for row."""
+    from pipelines.bootstrap.caption_stage import CaptionStage
+    from pipelines.bootstrap.filter_stage import FilterStage
+
+    ok_keys = sorted(k for k, v in env["world"].web_labels.items() if v["fetch"] == "ok")
+    victims = {"caption": (ok_keys[1], env["root"] / "caption-actor-died"),
+               "filter": (ok_keys[-2], env["root"] / "filter-actor-died")}
+
+    def dies_once(stage: str, batch, rows) -> None:
+        key, marker = victims[stage]
+        if key in {str(batch["key"][i]) for i in rows} and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+
+    class DyingCaptions(CaptionStage):  # defined here: Ray ships them to the actors by value
+        def pixels(self, batch, rows):
+            dies_once("caption", batch, rows)
+            return super().pixels(batch, rows)
+
+    class DyingFilter(FilterStage):
+        def pixels(self, batch, rows):
+            dies_once("filter", batch, rows)
+            return super().pixels(batch, rows)
+
+    settings, manifest = main_run
+    faulty = settings.model_copy(update={"output": str(env["root"] / "actors-killed")})
+    got = run_bootstrap(faulty, verbose=False, stages={"caption": DyingCaptions, "filter": DyingFilter})
+    assert all(marker.exists() for _, marker in victims.values()), "both actors died once"
+    assert got["output_rows"] == manifest["output_rows"] == WORLD_ROWS and got["status"] == manifest["status"]
+    want, rows = read_output(settings.output), read_output(faulty.output)
+    assert [r["key"] for r in rows] == [r["key"] for r in want]
+    for g, w in zip(rows, want):
+        for column, value in w.items():
+            if column.endswith(("_itm", "_itc")) and value is not None:  # another batch, other matmuls
+                assert g[column] == pytest.approx(value, abs=1e-5), (w["key"], column)
+            else:
+                assert g[column] == value, (w["key"], column)
+    assert sorted(s["__key__"] for s in read_samples(faulty.output)) == sorted(
+        s["__key__"] for s in read_samples(settings.output))
+
+
 def test_additional_columns_are_carried_through(env, tmp_path):
     table = pq.read_table(env["urls"])
     table = table.append_column("license", pa.array([f"cc-{i % 3}" for i in range(table.num_rows)]))

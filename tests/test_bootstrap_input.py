@@ -196,6 +196,21 @@ def test_text_formats_split_once_into_pieces_every_row_once(tmp_path):
     assert all(q.stat().st_mtime_ns == t for q, t in stamps.items() if "/00000/" in str(q) or "/00002/" in str(q))
 
 
+def test_invalid_utf8_in_a_csv_costs_its_row_not_its_block(tmp_path):
+    """pyarrow fails a whole block (thousands of rows) on one invalid UTF-8 byte; only the row that
+    holds it may become a bad row, and every row of the file comes out."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_bytes(
+        b"url,caption,id\nhttp://web/1.jpg,fine,k1\nhttp://web/2.jpg,caf\xe9,k2\n"
+        b"http://web/\xff.jpg,ok,k3\nhttp://web/4.jpg,after,k4\n")
+    s = settings(tmp_path, str(tmp_path / "in"), key_col="id")
+    rows = {r["key"]: r for r in read_with_ray(plan(s), s).to_pylist()}
+    assert sorted(rows) == ["k1", "k2", "k3", "k4"]
+    assert [rows[k]["status"] for k in sorted(rows)] == ["pending", "bad_row", "bad_row", "pending"]
+    assert rows["k2"]["error"] == "invalid UTF-8 in column 'caption'" and rows["k2"]["web_caption"] == "caf\ufffd"
+    assert rows["k3"]["error"] == "invalid UTF-8 in column 'url'" and rows["k4"]["web_caption"] == "after"
+
+
 def test_missing_carried_column_is_refused_naming_file_and_column(tmp_path):
     pq.write_table(web_table(3), tmp_path / "web.parquet")
     write_text_inputs(tmp_path / "in")

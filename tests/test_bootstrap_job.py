@@ -88,3 +88,22 @@ def test_ray_job_submit_runs_the_bootstrap_job(head, tmp_path):
     table = pq.read_table(out / "parquet")
     assert table.num_rows == ROWS and len(set(table.column("key").to_pylist())) == ROWS
     assert (out / "manifest.json").is_file()
+
+
+def test_the_job_api_answers_only_requests_with_the_token(head, tmp_path):
+    """What deploy/ turns on (RAY_AUTH_MODE=token) does close the job API: a request without the
+    token or with another one is refused; the token from a file named by RAY_AUTH_TOKEN_PATH
+    (how deploy/cluster.yaml hands it to a node) is accepted."""
+    import urllib.error
+    import urllib.request
+
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # to the head, not a proxy
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        direct.open(f"{head['address']}/api/jobs/", timeout=60)
+    assert refused.value.code in (401, 403)
+    token_file = tmp_path / "auth_token"
+    without = {k: v for k, v in head["env"].items() if k != "RAY_AUTH_TOKEN"}
+    for token, accepted in (("0" * 64, False), (head["env"]["RAY_AUTH_TOKEN"], True)):
+        token_file.write_text(token)
+        listed = ray_cli("job", "list", f"--address={head['address']}", env={**without, "RAY_AUTH_TOKEN_PATH": str(token_file)})
+        assert (listed.returncode == 0) == accepted, listed.stdout[-2000:] + listed.stderr[-2000:]

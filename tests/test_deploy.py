@@ -432,13 +432,38 @@ def test_cluster_launcher_config_is_valid():
 
 def test_cluster_launcher_installs_this_checkout_torch_first():
     config = _cluster()
-    [(remote, local)] = config["file_mounts"].items()
-    assert local == "."
+    [remote] = [r for r, local in config["file_mounts"].items() if local == "."]
     setup = config["setup_commands"]
     torch_at = next(i for i, c in enumerate(setup) if "pip install" in c and "torch" in c)
     project_at = next(i for i, c in enumerate(setup) if re.search(rf"pip install\b.*\s{re.escape(remote)}\b", c))
     assert torch_at < project_at
     assert {".venv", ".git", "out", "demo-out"} <= set(config["rsync_exclude"])
+
+
+def test_cluster_launcher_turns_ray_token_auth_on_for_every_node():
+    """Every node's container runs Ray with RAY_AUTH_MODE=token and reads the token from a file
+    that file_mounts copies from where `ray up` runs; no start command turns it off."""
+    config = _cluster()
+    options = " ".join(config["docker"]["run_options"])
+    assert "--env RAY_AUTH_MODE=token" in options
+    path = re.search(r"--env RAY_AUTH_TOKEN_PATH=(\S+)", options).group(1)
+    assert config["file_mounts"][path] == "~/.ray/auth_token"
+    assert not any("worker_run_options" in t.get("docker", {}) for t in config["available_node_types"].values())
+    commands = [c for key in ("setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+                for c in config[key]]
+    assert not any("RAY_AUTH_MODE" in c or "RAY_AUTH_TOKEN" in c for c in commands)
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", *JOBS])
+def test_kuberay_clusters_turn_ray_token_auth_on(name):
+    """The operator makes the token and sets it in every pod; no container overrides the mode."""
+    doc = next(d for d in _docs(name) if d["kind"] in ("RayCluster", "RayJob"))
+    spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+    assert spec["authOptions"]["mode"] == "token"
+    assert _major_minor(spec["rayVersion"]) >= (2, 52), "token authentication needs Ray 2.52"
+    for group, containers in _containers(spec):
+        for c in containers:
+            assert not any(e["name"].startswith("RAY_AUTH") for e in c.get("env", [])), group
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,9 @@ class Committer:
                 try:
                     marker = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - reported with every other shard's outcome
-                    self.failed[shard] = f"{type(exc).__name__}: {exc}"[:500]
+                    # the task's own exception (a full disk's OSError), not Ray's wrapper and its traceback
+                    cause = getattr(exc, "cause", None) or exc
+                    self.failed[shard] = f"{type(cause).__name__}: {cause}"[:500]
                     continue
                 self.layout.write_marker(shard, marker)  # the commit
                 del self.planned[shard], self.counts[shard]

@@ -2,9 +2,10 @@
 
 img2dataset supplies the X-Robots-Tag opt-out check, its User-Agent convention and the Resizer
 (every resize mode, JPEG encoding). Its `download_image` reads a body without any bound and
-follows redirects anywhere, so the fetch itself is done here: it refuses hosts that resolve to
-loopback/private/link-local addresses (also on every redirect hop, else a public URL could
-redirect into the cluster's network), stops reading past `max_image_bytes`, and enforces the
+follows redirects anywhere, so the fetch itself is done here (pinned_http.py): it refuses
+link-local and cloud metadata addresses always, and loopback/private ones unless allowed, on
+every redirect hop (else a public URL could redirect into the cluster's network), connecting
+only to the address it checked; it stops reading past `max_image_bytes`, and enforces the
 timeout over the whole answer, not only per socket read (a server that trickles bytes would
 otherwise hold a thread forever).
 
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import http.client
 import io
-import ipaddress
 import os
 import re
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -35,10 +36,12 @@ from img2dataset.downloader import is_disallowed  # noqa: E402
 from img2dataset.resizer import Resizer  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipelines.bootstrap.pinned_http import FetchContext, Resolver, opener_for  # noqa: E402
 from pipelines.bootstrap.schema import (BLOCKED_URL, DECODE_ERROR, DOWNLOAD_ERROR, OK, PENDING, TOO_LARGE,
                                         as_table, batch_len, object_column)
 from pipelines.bootstrap.settings import BootstrapSettings
-from pipelines.bootstrap.stage_guard import guarded
+from pipelines.bootstrap.stage_guard import guarded  # noqa: E402
+from pipelines.bootstrap.url_guard import HostRefused  # noqa: E402
 
 # img2dataset's browser User-Agent, with the same "(compatible; token; +url)" suffix convention.
 BASE_USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
@@ -57,75 +60,77 @@ def user_agent(token: str | None) -> str:
     return f"{BASE_USER_AGENT} (compatible; {token}; +https://github.com/rom1504/img2dataset)"
 
 
-def host_problem(url: str) -> str | None:
-    """Why `url`'s host may not be fetched (it resolves to a non-public address), or None."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname
-    if not host:
-        return "url has no host"
+def ascii_host(parts: urllib.parse.SplitResult) -> str:
+    """The URL with its host name IDNA-encoded ("bücher.de" -> "xn--bcher-kva.de"), as DNS and the
+    Host header need it; urllib would send a non-ASCII Host header and fail."""
+    host = parts.hostname or ""
+    if host.isascii():
+        return parts.geturl()
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),
-                                   proto=socket.IPPROTO_TCP)
-    except OSError as exc:
-        raise FetchError(DOWNLOAD_ERROR, f"cannot resolve {host}: {exc}") from None
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if (addr.is_loopback or addr.is_private or addr.is_link_local or addr.is_multicast
-                or addr.is_reserved or addr.is_unspecified):
-            return f"host {host} resolves to non-public address {addr}"
-    return None
-
-
-class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
-    """Checks the host of every redirect target, as for the first URL."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
-        problem = host_problem(newurl)
-        if problem is not None:
-            raise FetchError(BLOCKED_URL, f"redirect refused: {problem}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        encoded = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"host name is not valid IDNA: {exc}") from None
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    port = f":{parts.port}" if parts.port is not None else ""
+    return parts._replace(netloc=f"{userinfo}{at}{encoded}{port}").geturl()
 
 
 class DownloadStage:
     """Ray Data stage: rows with status 'pending' get status, error, image (JPEG), width, height."""
 
-    def __init__(self, settings: BootstrapSettings):
+    def __init__(self, settings: BootstrapSettings, resolve: Resolver = socket.getaddrinfo):
+        """`resolve` is getaddrinfo's stand-in: the one name lookup a fetch makes per hop."""
         self.settings = settings
         self.directives = settings.disallowed_directives
         self.token = settings.user_agent_token.strip().lower() if settings.user_agent_token else None
         self.user_agent = user_agent(settings.user_agent_token)
-        handlers = [] if settings.allow_private_hosts else [_GuardedRedirects()]
-        self.opener = urllib.request.build_opener(*handlers)
+        self.resolve = resolve
+        self.tls = ssl.create_default_context()  # one for every fetch: thread-safe, slow to make
         self.resizer = Resizer(image_size=settings.image_size, resize_mode=settings.resize_mode,
                                resize_only_if_bigger=settings.resize_only_if_bigger, encode_format="jpg")
 
     def fetch(self, url: str) -> bytes:
         """The body of `url`, or FetchError with the row's status."""
-        if not self.settings.allow_private_hosts:
-            problem = host_problem(url)
-            if problem is not None:
-                raise FetchError(BLOCKED_URL, problem)
-        deadline = time.monotonic() + self.settings.timeout
-        request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
         try:
-            with self.opener.open(request, timeout=self.settings.timeout) as response:
-                if self.directives and is_disallowed(response.headers, self.token, self.directives):
-                    raise FetchError(DOWNLOAD_ERROR, "Use of image disallowed by X-Robots-Tag directive")
-                length = response.headers.get("Content-Length")
-                if length and length.isdigit() and int(length) > self.settings.max_image_bytes:
-                    raise FetchError(TOO_LARGE, f"Content-Length {length} > {self.settings.max_image_bytes}")
-                body = bytearray()
-                while chunk := response.read(CHUNK):
-                    body += chunk
-                    if len(body) > self.settings.max_image_bytes:
-                        raise FetchError(TOO_LARGE, f"body larger than {self.settings.max_image_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise FetchError(DOWNLOAD_ERROR, f"timed out after {self.settings.timeout}s")
-                return bytes(body)
-        except FetchError:
-            raise
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            raise FetchError(DOWNLOAD_ERROR, str(exc) or type(exc).__name__) from None
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme.lower() not in ("http", "https"):
+                raise FetchError(BLOCKED_URL, f"url scheme not http(s): {str(url)[:80]}")
+            url = ascii_host(parts)
+        except (ValueError, TypeError) as exc:  # "http://[::1/x": an unclosed IPv6 bracket, ...
+            raise FetchError(DOWNLOAD_ERROR, f"malformed url: {exc}") from None
+        timeout = self.settings.timeout
+        request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
+        with FetchContext(timeout, self.settings.allow_private_hosts, self.resolve) as context:
+            try:
+                with opener_for(context, self.tls).open(request, timeout=timeout) as response:
+                    if self.directives and is_disallowed(response.headers, self.token, self.directives):
+                        raise FetchError(DOWNLOAD_ERROR, "Use of image disallowed by X-Robots-Tag directive")
+                    length = response.headers.get("Content-Length")
+                    if length and length.isdigit() and int(length) > self.settings.max_image_bytes:
+                        raise FetchError(TOO_LARGE, f"Content-Length {length} > {self.settings.max_image_bytes}")
+                    body = bytearray()
+                    # read1: whatever one socket read returns, so the deadline is looked at after
+                    # every read, however small (the watchdog ends a read that blocks past it)
+                    while chunk := response.read1(CHUNK):
+                        body += chunk
+                        if len(body) > self.settings.max_image_bytes:
+                            raise FetchError(TOO_LARGE, f"body larger than {self.settings.max_image_bytes} bytes")
+                        if context.past_deadline():
+                            raise FetchError(DOWNLOAD_ERROR, f"timed out: no whole answer within {timeout}s")
+                    if context.past_deadline():  # the watchdog's shutdown reads as a clean end
+                        raise FetchError(DOWNLOAD_ERROR, f"timed out: no whole answer within {timeout}s")
+                    if response.length:  # read1, unlike read, takes an early close as the end
+                        raise FetchError(DOWNLOAD_ERROR, f"connection closed with {response.length} bytes "
+                                                         f"of the body missing")
+                    return bytes(body)
+            except FetchError:
+                raise
+            except HostRefused as exc:
+                raise FetchError(BLOCKED_URL, str(exc)) from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+                if context.past_deadline():
+                    raise FetchError(DOWNLOAD_ERROR, f"timed out: no whole answer within {timeout}s") from None
+                raise FetchError(DOWNLOAD_ERROR, str(exc) or type(exc).__name__) from None
 
     def fetch_with_retries(self, url: str) -> bytes:
         for attempt in range(self.settings.retries + 1):
@@ -142,7 +147,14 @@ class DownloadStage:
         # PIL's full load refuses it, so it checks first.
         try:
             with Image.open(io.BytesIO(data)) as img:
+                # PIL only warns between MAX_IMAGE_PIXELS and twice that, and the Resizer's decoder
+                # would then expand a few hundred KB into gigabytes of pixels
+                if img.width * img.height > Image.MAX_IMAGE_PIXELS:
+                    raise FetchError(DECODE_ERROR, f"image has {img.width}x{img.height} pixels, more than "
+                                                   f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
                 img.load()
+        except FetchError:
+            raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
             # drop object addresses ("<_io.BytesIO object at 0x7f..>"): the same input must give
             # the same error text in every run, or a resumed run would differ

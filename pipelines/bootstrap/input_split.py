@@ -230,16 +230,39 @@ def _csv_tables(f: Any, job: SplitJob, seen: set[str]) -> Iterator[pa.Table]:
             _Prefixed(head, f), read_options=pacsv.ReadOptions(block_size=BLOCK, use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                               invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in job.columns},
+            # read as bytes: as text, one invalid UTF-8 byte fails its whole block (thousands of rows)
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in job.columns},
                                                  include_columns=list(job.columns), strings_can_be_null=True))
         for batch in reader:
-            table = pa.Table.from_batches([batch]).select(list(job.columns))
-            yield table.append_column(BAD, pa.nulls(table.num_rows, pa.string()))
+            yield _as_text(pa.Table.from_batches([batch]).select(list(job.columns)))
             if malformed:
                 yield _unreadable(schema, malformed[:])
                 malformed.clear()
     except (pa.ArrowException, OSError, UnicodeError) as exc:
         yield _unreadable(schema, [*malformed, cannot_read(exc)])
+
+
+def _as_text(table: pa.Table) -> pa.Table:
+    """The binary columns of a CSV block as text, plus the BAD column: a value that is not valid
+    UTF-8 makes its row a bad row (and is kept with the invalid bytes replaced), not its block."""
+    columns: dict[str, pa.Array] = {}
+    reasons: list[str | None] = [None] * table.num_rows
+    for name in table.column_names:
+        values = table.column(name)
+        try:
+            columns[name] = values.cast(pa.string())  # validates the UTF-8 of the whole column
+            continue
+        except pa.ArrowInvalid:
+            pass
+        texts = []
+        for i, value in enumerate(values.to_pylist()):
+            try:
+                texts.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append(value.decode("utf-8", errors="replace"))
+                reasons[i] = reasons[i] or f"invalid UTF-8 in column '{name}'"
+        columns[name] = pa.array(texts, pa.string())
+    return pa.table({**columns, BAD: pa.array(reasons, pa.string())})
 
 
 def _text(value: Any) -> str | None:

@@ -97,7 +97,11 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     start = time.perf_counter()
     log = log or (_log_to_stderr if verbose else (lambda line: None))
     layout = OutputLayout.at(settings.output, settings.storage_options)
-    run = prepare_output(settings, layout, input_fingerprint(settings))  # refuse before Ray starts
+    fingerprint = input_fingerprint(settings)
+    try:
+        run = prepare_output(settings, layout, fingerprint)  # refuse before Ray starts
+    except OSError as exc:  # a file where a folder should be, no permission, a full or read-only disk
+        raise BootstrapError(f"output {settings.output} cannot be written: {exc}") from None
     # The checkpoints' sha256 (for the manifest) reads every weight byte: ~2 s per GB. It runs
     # beside Ray's start-up and the job instead of before them; a folder that is missing is
     # reported here, one that cannot be read within moments, before any work is done.

@@ -57,7 +57,8 @@ class BootstrapSettings(BaseModel):
                                                                  "output shard (the unit of resume).")
 
     # -- download (img2dataset's fetch and resize) ---------------------------------------
-    timeout: float = Field(10.0, gt=0, le=600, description="Seconds per HTTP request.")
+    timeout: float = Field(10.0, gt=0, le=600, description="Seconds per HTTP request, for the whole "
+                                                           "answer (redirects, headers and body).")
     retries: int = Field(0, ge=0, le=10, description="Extra tries after a failed download.")
     resize_mode: ResizeMode = Field("border", description="img2dataset resize mode.")
     image_size: int = Field(256, ge=8, le=4096, description="img2dataset resize target (pixels).")
@@ -68,8 +69,9 @@ class BootstrapSettings(BaseModel):
         list(DEFAULT_DISALLOWED_DIRECTIVES),
         description="X-Robots-Tag directives that opt an image out; an empty list honours none.")
     max_image_bytes: int = Field(20_000_000, ge=1, description="Larger responses are refused (too_large).")
-    allow_private_hosts: bool = Field(False, description="Allow hosts on loopback, private or "
-                                                         "link-local addresses (tests, intranets).")
+    allow_private_hosts: bool = Field(False, description="Allow hosts on loopback or private addresses "
+                                                         "(tests, intranets); link-local and cloud "
+                                                         "metadata addresses stay refused.")
     download_threads: int = Field(16, ge=1, le=512, description="Concurrent fetches inside one "
                                                                 "download task.")
     download_batch_size: int = Field(64, ge=1, le=100_000, description="Rows per download task.")
