@@ -5,7 +5,7 @@ BLIP's `configs/med_config.json` uses 0.1 on hidden states and attention probabi
 has no dropout but a drop-path rate, 0.1 for ViT-L (`create_vit` forces it) and 0 for ViT-B,
 ramped linearly over the blocks as timm does. transformers' BLIP vision layers have no drop-path,
 so it is added here as forward hooks on each block's attention and MLP branches: the state-dict
-names stay transformers' own, and an `eval()` model is untouched (every hook checks `training`).
+names stay transformers' own, and a model in eval mode is untouched (every hook checks `training`).
 """
 
 from __future__ import annotations
