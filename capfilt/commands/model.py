@@ -39,7 +39,8 @@ class ModelInitSettings(BaseModel):
 
 class ModelInfoSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    checkpoint: Path = Field(description="Checkpoint: capfilt folder, transformers BLIP folder, or BLIP .pth.")
+    checkpoint: Path = Field(description="Checkpoint: capfilt folder, transformers BLIP folder, BLIP .pth, released "
+                                         "preset (capfilt model list) or hub name org/name[@revision].")
     as_json: bool = Field(False, description="Print JSON instead of text.", json_schema_extra={"flag": "--json/--text"})
 
 
@@ -136,6 +137,7 @@ def model_info(path: Path) -> dict[str, Any]:
             "filter": count_parameters(med.filter_modules()),
         },
         "sha256": ck.sha256,
+        "source": ck.source.record() if ck.source else None,
     }
 
 
@@ -166,6 +168,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"preset      {info['preset']} (image {info['image_size']} px, vocabulary {info['vocab_size']})",
         f"parameters  total {p['total']:,}  captioner {p['captioner']:,}  filter {p['filter']:,}",
         f"sha256      {info['sha256']}",
+        *([f"resolved    {info['source']['pinned']} -> {info['source']['path']}"]
+          if info.get("source") and info["source"]["pinned"] != info["checkpoint"] else []),
     ])
 
 

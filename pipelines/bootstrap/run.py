@@ -15,10 +15,13 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import ray
 
+from model.checkpoint import checkpoint_hash
+from model.hub import resolve_checkpoint
 from pipelines.bootstrap.commit import IO_TASK_CPUS, Committer, Progress
 from pipelines.bootstrap.graph import build_graph
 from pipelines.bootstrap.input_plan import input_fingerprint, plan_input
@@ -96,9 +99,22 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     start = time.perf_counter()
     log = log or (_log_to_stderr if verbose else (lambda line: None))
     layout = OutputLayout.at(settings.output, settings.storage_options)
+    # An unknown checkpoint name stops the job before the output folder is touched.
+    sources = {} if settings.download_only else {
+        role: resolve_checkpoint(getattr(settings, role)) for role in ("captioner", "filter")}
+    checkpoints = {role: checkpoint_hash(source.path) for role, source in sources.items()}
     run = prepare_output(settings, layout, input_fingerprint(settings))  # refuse before Ray starts
-    checkpoints = {} if settings.download_only else {
-        "captioner": _checkpoint_hash(settings.captioner), "filter": _checkpoint_hash(settings.filter)}
+    if run.get("checkpoints") not in (None, checkpoints):
+        raise BootstrapError("--resume: the captioner or filter weights are not the first run's "
+                             f"(first {run['checkpoints']}, now {checkpoints})")
+    if sources:
+        run = {**run, "checkpoints": checkpoints}
+        layout.storage.put(RUN_FILE, json.dumps(run, sort_keys=True).encode())
+        # The actors load the pinned reference (a hub name at its resolved commit), so that every
+        # worker, on any node, loads the weights the driver hashed.
+        settings_for_graph = settings.model_copy(update={role: Path(source.pinned) for role, source in sources.items()})
+    else:
+        settings_for_graph = settings
     started = _init_ray(settings)
     try:
         plan = plan_input(settings, layout)
@@ -114,7 +130,7 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
                 f"{len(pending)} to do ({progress.total_rows} rows)")
             committer = Committer(layout, {s.shard: s.rows for s in pending}, plan.extra_schema,
                                   settings.download_only, settings.parquet_images, progress)
-            graph = build_graph(plan, pending, settings, stages)
+            graph = build_graph(plan, pending, settings_for_graph, stages)
             for batch in graph.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for record in batch.to_pylist():
                     committer.add(record)
@@ -130,7 +146,8 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
             ray.shutdown()
     input_rows = sum(s.rows for s in plan.shards)
     manifest = build_manifest(settings, input_rows, layout.markers(), checkpoints,
-                              time.perf_counter() - start, len(pending))
+                              time.perf_counter() - start, len(pending),
+                              {role: source.record() for role, source in sources.items()})
     if manifest["output_rows"] != input_rows:
         raise BootstrapError(f"{input_rows} rows in, {manifest['output_rows']} out")
     write_manifest(layout, manifest)
@@ -138,8 +155,3 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
         print(summary_table(manifest))
     return manifest
 
-
-def _checkpoint_hash(path: Any) -> str:
-    from model.checkpoint import checkpoint_hash
-
-    return checkpoint_hash(path)
