@@ -150,7 +150,7 @@ def resolve_checkpoint(reference: str | os.PathLike) -> ResolvedCheckpoint:
     if _HUB_NAME.match(text):
         return resolve_hub(text)
     raise CheckpointError(
-        f"{text}: not a checkpoint: no such file or folder, not a released preset ({', '.join(RELEASED)}), "
+        f"{text}: not a checkpoint directory or .pth file (no such path), not a released preset ({', '.join(RELEASED)}), "
         "and not a hub name (org/name or org/name@revision)")
 
 

@@ -22,12 +22,13 @@ import ray
 
 from model.checkpoint import checkpoint_hash
 from model.hub import resolve_checkpoint
-from pipelines.bootstrap.commit import IO_TASK_CPUS, Committer, Progress
+from pipelines.bootstrap.commit import IO_TASK_CPUS, Committer
 from pipelines.bootstrap.graph import build_graph
 from pipelines.bootstrap.input_plan import input_fingerprint, plan_input
 from pipelines.bootstrap.layout import RUN_FILE, OutputLayout
 from pipelines.bootstrap.manifest import build_manifest, summary_table, write_manifest
 from pipelines.bootstrap.settings import BootstrapSettings
+from pipelines.progress import Progress
 
 # Settings that change how the work runs but not what it produces; a resumed run may change them.
 OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor",
@@ -97,6 +98,7 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     `stages` replaces graph stages by name (graph.build_graph); `log` receives progress lines
     (default: stderr when verbose)."""
     start = time.perf_counter()
+    own_log = log
     log = log or (_log_to_stderr if verbose else (lambda line: None))
     layout = OutputLayout.at(settings.output, settings.storage_options)
     # An unknown checkpoint name stops the job before the output folder is touched.
@@ -125,9 +127,13 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
         done = layout.done_ids()
         pending = [s for s in plan.shards if s.shard not in done]
         if pending:
-            progress = Progress(sum(s.rows for s in pending), len(pending), log, settings.progress_seconds)
+            # Without a caller's `log`, progress goes to stderr itself: rewritten in place on a
+            # terminal, a plain line every progress_seconds elsewhere.
+            progress = Progress("bootstrap", sum(s.rows for s in pending), "rows", every=settings.progress_seconds,
+                                log=None if own_log is None and verbose else log,
+                                suffix=lambda: f"shards committed {committer.shards_committed}/{len(pending)}")
             log(f"bootstrap: {len(plan.shards)} shards planned, {len(done)} already committed, "
-                f"{len(pending)} to do ({progress.total_rows} rows)")
+                f"{len(pending)} to do ({progress.total} rows)")
             committer = Committer(layout, {s.shard: s.rows for s in pending}, plan.extra_schema,
                                   settings.download_only, settings.parquet_images, progress)
             graph = build_graph(plan, pending, settings_for_graph, stages)
@@ -136,7 +142,7 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
                     committer.add(record)
                 committer.harvest()
             committer.harvest(wait_all=True)
-            progress.update(force=True)
+            progress.close()
             if committer.failed:
                 raise BootstrapError(f"shards not written (run again with --resume): {committer.failed}")
             if committer.missing():
