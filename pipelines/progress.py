@@ -42,6 +42,7 @@ class Progress:
         self.start = self.last = clock()
         self.done = self.first = done  # a resumed job starts at what it had done: the rate counts from there
         self._in_place = False
+        self._shown: int | None = None  # `done` of the last line emitted
 
     # -- numbers ---------------------------------------------------------------------------
     def rate(self) -> float:
@@ -72,6 +73,7 @@ class Progress:
         now = self.clock()
         if force or now - self.last >= self.every:
             self.last = now
+            self._shown = self.done
             self.emit(self.line())
 
     def emit(self, line: str) -> None:
@@ -85,8 +87,10 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
-        """The final line; on a terminal, ends the line rewritten in place."""
-        self.update(force=True)
+        """The final line (unless the last one said the same); on a terminal, ends the line
+        rewritten in place."""
+        if self._shown != self.done:
+            self.update(force=True)
         if self._in_place:
             self.stream.write("\n")
             self.stream.flush()
