@@ -104,7 +104,8 @@ def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = Non
     settings_json = settings.model_dump(mode="json")
     (settings.output / "settings.json").write_text(json.dumps(settings_json, indent=2) + "\n")
     # Paths absolute: Ray Train workers do not run in the driver's working directory.
-    config = {"settings": settings_json, "output": str(settings.output.resolve()), "init": init if isinstance(init, str) else str(init.absolute()),
+    config = {"settings": settings_json, "output": str(settings.output.resolve()),
+              "init": init if isinstance(init, str) else str(init.absolute()),  # a pinned hub name as it is
               "total_steps": total, "steps_per_epoch": per_epoch, "num_pairs": num_pairs, "fault": fault}
     return TorchTrainer(
         train_loop_per_worker,
