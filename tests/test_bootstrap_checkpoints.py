@@ -3,7 +3,6 @@ offline from a cache the test writes (HF_HUB_OFFLINE=1), and salesforce/BLIP `.p
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,7 +12,7 @@ import ray
 from bootstrap_world import bootstrap_settings, make_small_world
 from capfilt.world.server import WorldServer
 from model.checkpoint import checkpoint_hash
-from pipelines.bootstrap.run import BootstrapError, run_bootstrap
+from pipelines.bootstrap.run import run_bootstrap
 from test_hub_checkpoints import CAP_SHA, ITM_SHA, make_hub_cache, make_pth_files
 
 pytestmark = pytest.mark.slow
@@ -58,6 +57,19 @@ def test_hub_names_for_captioner_and_filter(env):
     assert manifest["checkpoints"] == {"captioner": checkpoint_hash(env["hub"]["org/cap"]),
                                        "filter": checkpoint_hash(env["hub"]["org/itm"])}
     assert manifest["settings"]["captioner"] == "org/cap", "the settings keep what the user wrote"
+
+
+def test_released_preset_names_for_captioner_and_filter(env):
+    """`--captioner blip-large --filter blip-itm-large`, their hub repos holding tiny stand-ins."""
+    settings = bootstrap_settings(env["urls"], env["root"] / "preset_out", None, captioner=Path("blip-large"),
+                                  filter=Path("blip-itm-large"), threshold=0.0)
+    manifest = run_bootstrap(settings, verbose=False)
+    assert _captioned(settings.output)
+    sources = manifest["checkpoint_sources"]
+    assert sources["captioner"]["preset"] == "blip-large"
+    assert sources["captioner"]["pinned"] == "Salesforce/blip-image-captioning-large@" + "4" * 40
+    assert sources["filter"]["pinned"] == "Salesforce/blip-itm-large-coco@" + "5" * 40
+    assert manifest["checkpoints"]["filter"] == checkpoint_hash(env["hub"]["blip-itm-large"])
 
 
 def test_pth_files_for_captioner_and_filter(env):

@@ -32,7 +32,7 @@ def _config(tok):
 
 def make_hub_cache(cache: Path) -> dict[str, Path]:
     """org/cap (a captioner, two commits: main and an older one), org/itm (a filter), and the
-    released preset blip-large's repo."""
+    repos of the released presets blip-large and blip-itm-large (tiny random stand-ins)."""
     tok = tiny_tokenizer()
     cfg = _config(tok)
 
@@ -54,7 +54,9 @@ def make_hub_cache(cache: Path) -> dict[str, Path]:
     # an older commit of org/cap, beside main: only a pin reaches it
     captioner(3)(_mkdir(cache / "models--org--cap" / "snapshots" / OLD_SHA))
     paths["org/itm"] = write_hub_snapshot(cache, "org/itm", itm, ITM_SHA)
+    # the repos of the presets `--captioner blip-large --filter blip-itm-large` name
     paths["blip-large"] = write_hub_snapshot(cache, RELEASED["blip-large"].source, captioner(4), "4" * 40)
+    paths["blip-itm-large"] = write_hub_snapshot(cache, RELEASED["blip-itm-large"].source, itm, "5" * 40)
     return paths
 
 
@@ -120,8 +122,8 @@ def test_unknown_names_give_an_error_naming_them(hub):
     with pytest.raises(CheckpointError, match=r"no such thing: not a checkpoint directory or \.pth file \(no such path\), not a released preset.*blip-large"):
         resolve_checkpoint("no such thing")
     # a preset whose repo is not cached names the repo it looked for
-    with pytest.raises(CheckpointError, match="Salesforce/blip-itm-large-coco"):
-        resolve_checkpoint("blip-itm-large")
+    with pytest.raises(CheckpointError, match="Salesforce/blip-itm-large-flickr"):
+        resolve_checkpoint("blip-itm-large-flickr")
 
 
 def test_pth_preset_is_read_from_the_torch_hub_folder_offline(hub, tmp_path, monkeypatch):
