@@ -7,7 +7,8 @@
 
 `load_checkpoint` also reads, as they come, a transformers BLIP folder (`save_pretrained` of
 BlipForConditionalGeneration or BlipForImageTextRetrieval, with its tokenizer) and an original
-salesforce/BLIP `.pth` (with BLIP's tokenizer files beside it). Every load is strict.
+salesforce/BLIP `.pth` (with BLIP's tokenizer files beside it). Every load is strict. Besides a
+path it takes a released-weights preset or a hub name (model/hub.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers import BlipConfig
 
 from model.blip_pth import med_from_blip_pth
 from model.config import MEDConfig
+from model.hub import ResolvedCheckpoint, resolve_checkpoint
 from model.hf_interop import CAPTION_ARCH, RETRIEVAL_ARCH, med_config_from_blip, med_from_captioning_state, med_from_retrieval_state
 from model.med import MED
 from model.tokenizer import TextTokenizer
@@ -59,6 +61,7 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # foreign keys the MED has no place for
     left_at_init: list[str] = field(default_factory=list)  # MED tensors the file had no weights for
+    source: ResolvedCheckpoint | None = None  # the reference it was loaded by, and where that led
 
 
 # ---- hashing ---------------------------------------------------------------------------------
@@ -69,12 +72,17 @@ def _hashed_files(directory: Path) -> list[Path]:
     )
 
 
-def checkpoint_hash(directory: str | Path) -> str:
+def checkpoint_hash(path: str | Path) -> str:
     """sha256 over (file name, file sha256) of the weight, config and tokenizer files, in name
-    order: the same bytes give the same hash wherever the folder lives."""
-    directory = Path(directory)
+    order: the same bytes give the same hash wherever the folder lives. For a `.pth` file: that
+    file and the config and tokenizer files beside it (not the folder's other weight files)."""
+    path = Path(path)
+    if path.is_file():
+        files = sorted([path, *(p for p in _hashed_files(path.parent) if p.suffix in (".json", ".txt"))])
+    else:
+        files = _hashed_files(path)
     outer = hashlib.sha256()
-    for path in _hashed_files(directory):
+    for path in files:
         inner = hashlib.sha256()
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -171,12 +179,14 @@ def load_checkpoint(
     """Load any supported checkpoint into a MED (eval mode) on `device`.
 
     `image_size` resizes the ViT's position embeddings; `config` overrides the architecture read
-    off a `.pth` (which carries none) when its heads are not width / 64.
+    off a `.pth` (which carries none) when its heads are not width / 64. `path` may also be a
+    released-weights preset or a hub name (model/hub.py).
     """
-    path = Path(path)
+    resolved = resolve_checkpoint(path)
+    path = resolved.path
     kind = detect_kind(path)
     directory = path.parent if path.is_file() else path
-    sha = checkpoint_hash(directory)
+    sha = checkpoint_hash(path)
     extra: dict[str, Any] = {}
     skipped: list[str] = []
     left: list[str] = []
@@ -220,5 +230,5 @@ def load_checkpoint(
     med.to(device).eval()
     return Checkpoint(
         med=med, tokenizer=tokenizer, config=med_config, sha256=sha, kind=kind, path=directory,
-        roles=roles, extra=extra, skipped=skipped, left_at_init=left,
+        roles=roles, extra=extra, skipped=skipped, left_at_init=left, source=resolved,
     )

@@ -74,3 +74,39 @@ def save_transformers(model, tok: TextTokenizer, directory: Path) -> Path:
     model.save_pretrained(directory)
     tok.save(directory)
     return directory
+
+
+def to_blip_pth_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MED names -> salesforce/BLIP's original names, written independently of model/blip_pth.py."""
+    import re
+
+    vision = [
+        (r"^vision\.embeddings\.class_embedding$", "visual_encoder.cls_token"),
+        (r"^vision\.embeddings\.position_embedding$", "visual_encoder.pos_embed"),
+        (r"^vision\.embeddings\.patch_embedding\.", "visual_encoder.patch_embed.proj."),
+        (r"^vision\.post_layernorm\.", "visual_encoder.norm."),
+        (r"^vision\.encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"visual_encoder.blocks.\1.norm\2."),
+        (r"^vision\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"visual_encoder.blocks.\1.attn.proj."),
+        (r"^vision\.encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"visual_encoder.blocks.\1.attn.qkv."),
+        (r"^vision\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.blocks.\1.mlp."),
+    ]
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in vision:
+            key = re.sub(pattern, repl, key)
+        out[key] = value.clone()
+    assert not any(k.startswith("vision.") for k in out)
+    return out
+
+
+def write_hub_snapshot(cache: Path, repo_id: str, fill, commit: str) -> Path:
+    """A model in huggingface_hub's cache layout, as a download would leave it:
+    models--org--name/snapshots/<commit>/<files> and refs/main holding the commit.
+    `fill(folder)` writes the files (save_pretrained + the tokenizer)."""
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    fill(snapshot)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

@@ -13,6 +13,7 @@ from model.checkpoint import load_checkpoint
 from model.hf_interop import export_captioner, export_filter
 from model.med import MED
 from model_helpers import blip_config, jitter, pixels, save_transformers, small_config, tiny_tokenizer
+from model_helpers import to_blip_pth_layout as _to_blip_layout
 
 TEXTS = ["a small red circle on the left", "a big blue star"]
 TOL = 1e-5
@@ -150,27 +151,6 @@ def test_image_size_change_resizes_position_embeddings(tok, cfg, tmp_path):
 
 
 # ---- original salesforce/BLIP .pth ------------------------------------------------------------
-def _to_blip_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """MED names -> BLIP's original names, written independently of model/blip_pth.py."""
-    vision = [
-        (r"^vision\.embeddings\.class_embedding$", "visual_encoder.cls_token"),
-        (r"^vision\.embeddings\.position_embedding$", "visual_encoder.pos_embed"),
-        (r"^vision\.embeddings\.patch_embedding\.", "visual_encoder.patch_embed.proj."),
-        (r"^vision\.post_layernorm\.", "visual_encoder.norm."),
-        (r"^vision\.encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"visual_encoder.blocks.\1.norm\2."),
-        (r"^vision\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"visual_encoder.blocks.\1.attn.proj."),
-        (r"^vision\.encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"visual_encoder.blocks.\1.attn.qkv."),
-        (r"^vision\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.blocks.\1.mlp."),
-    ]
-    out = {}
-    for key, value in state.items():
-        for pattern, repl in vision:
-            key = re.sub(pattern, repl, key)
-        out[key] = value.clone()
-    assert not any(k.startswith("vision.") for k in out)
-    return out
-
-
 def _blip_pretrain_file(med: MED) -> dict:
     """What BLIP_Pretrain's torch.save leaves: every key (tied ones repeated), momentum copies,
     queues, temp, and an optimizer/config/epoch beside the model."""

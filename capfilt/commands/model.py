@@ -39,7 +39,8 @@ class ModelInitSettings(BaseModel):
 
 class ModelInfoSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    checkpoint: Path = Field(description="Checkpoint: capfilt folder, transformers BLIP folder, or BLIP .pth.")
+    checkpoint: Path = Field(description="Checkpoint: capfilt folder, transformers BLIP folder, BLIP .pth, released "
+                                         "preset (capfilt model list) or hub name org/name[@revision].")
     as_json: bool = Field(False, description="Print JSON instead of text.", json_schema_extra={"flag": "--json/--text"})
 
 
@@ -48,6 +49,35 @@ class ModelExportSettings(BaseModel):
     checkpoint: Path = Field(description="capfilt checkpoint folder to export.")
     captioner: Path | None = Field(None, description="Write the captioner here as a transformers BlipForConditionalGeneration folder.")
     filter: Path | None = Field(None, description="Write the filter here as a transformers BlipForImageTextRetrieval folder.")
+
+
+class ModelListSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    as_json: bool = Field(False, description="Print JSON instead of text.", json_schema_extra={"flag": "--json/--text"})
+
+
+def released_presets() -> list[dict[str, Any]]:
+    """BLIP's released weights that --captioner, --filter and --init take by name."""
+    from dataclasses import asdict
+
+    from model.released import RELEASED
+
+    return [{**asdict(w), "format": "pth" if w.is_pth else "transformers"} for w in RELEASED.values()]
+
+
+def format_presets(presets: list[dict[str, Any]]) -> str:
+    from model.released import BLIP_TEST_TRANSFORM, CAPFILT_NEAREST
+
+    lines = [f"{'name':<38}{'role':<11}{'ViT':<6}{'image':<7}source", "-" * 110]
+    for p in presets:
+        lines.append(f"{p['name']:<38}{p['role']:<11}{p['vit']:<6}{p['image_size']:<7}{p['source']}")
+        lines.append(f"{'':<38}trained on: {p['trained_on']}; train transform: {p['train_transform']}"
+                     + (f"; tokenizer from {p['tokenizer_from']}" if p['tokenizer_from'] else "")
+                     + (f"; {p['note']}" if p['note'] else ""))
+    lines += ["", f"Every preset's inference transform: {BLIP_TEST_TRANSFORM} at its image size.",
+              f"Nearest released counterparts of BLIP's CapFilt-L: --captioner {CAPFILT_NEAREST['captioner']} "
+              f"--filter {CAPFILT_NEAREST['filter']} (the CapFilt models themselves were never released)."]
+    return "\n".join(lines)
 
 
 def toy_caption_corpus() -> list[str]:
@@ -136,6 +166,7 @@ def model_info(path: Path) -> dict[str, Any]:
             "filter": count_parameters(med.filter_modules()),
         },
         "sha256": ck.sha256,
+        "source": ck.source.record() if ck.source else None,
     }
 
 
@@ -166,6 +197,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"preset      {info['preset']} (image {info['image_size']} px, vocabulary {info['vocab_size']})",
         f"parameters  total {p['total']:,}  captioner {p['captioner']:,}  filter {p['filter']:,}",
         f"sha256      {info['sha256']}",
+        *([f"resolved    {info['source']['pinned']} -> {info['source']['path']}"]
+          if info.get("source") and info["source"]["pinned"] != info["checkpoint"] else []),
     ])
 
 
@@ -193,6 +226,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED)
         typer.echo(json.dumps(data, indent=2) if settings.as_json else format_info(data))
+
+    @settings_command(model_app, "list", ModelListSettings)
+    def list_presets(settings: ModelListSettings) -> None:
+        """List BLIP's released weights that --captioner, --filter and --init take by name."""
+        presets = released_presets()
+        typer.echo(json.dumps(presets, indent=2) if settings.as_json else format_presets(presets))
 
     @settings_command(model_app, "export", ModelExportSettings, positional=["checkpoint"])
     def export(settings: ModelExportSettings) -> None:

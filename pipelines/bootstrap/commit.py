@@ -5,12 +5,11 @@ shard's count; when a shard's count reaches its planned rows it starts the shard
 task, part_writer.assemble_shard) and, once that returns, writes the shard's marker: the commit.
 It holds a count and a list of part names per unfinished shard, never a row. Progress lines (rows
 done / total, rows/s, ETA, shards committed) go to the log every `progress_seconds`, so that a
-person reading the driver's output or `ray job logs` sees where the job stands.
+person reading the driver's output or `ray job logs` sees where the job stands (pipelines/progress.py).
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ import ray
 
 from pipelines.bootstrap.layout import OutputLayout
 from pipelines.bootstrap.part_writer import assemble_shard
+from pipelines.progress import Progress
 
 # What a small task (read a shard, write a part, assemble a shard) reserves: it mostly waits on I/O.
 IO_TASK_CPUS = 0.25
@@ -28,47 +28,16 @@ class CommitError(RuntimeError):
     """Rows that never arrived, or arrived twice: the run cannot account for every row."""
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-class Progress:
-    """rows done / total, rate and ETA, printed at most every `every` seconds."""
-
-    def __init__(self, total_rows: int, total_shards: int, log: Callable[[str], None], every: float):
-        self.total_rows, self.total_shards = total_rows, total_shards
-        self.log, self.every = log, every
-        self.start = self.last = time.monotonic()
-        self.rows = self.shards = 0
-
-    def line(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.rows / elapsed
-        left = self.total_rows - self.rows
-        eta = _duration(left / rate) if rate > 0 and left else ("0m00s" if not left else "?")
-        share = 100.0 * self.rows / self.total_rows if self.total_rows else 100.0
-        return (f"bootstrap: rows {self.rows}/{self.total_rows} ({share:.1f}%), {rate:.1f} rows/s, "
-                f"ETA {eta}, shards committed {self.shards}/{self.total_shards}, elapsed {_duration(elapsed)}")
-
-    def update(self, rows: int = 0, shards: int = 0, force: bool = False) -> None:
-        self.rows += rows
-        self.shards += shards
-        now = time.monotonic()
-        if force or now - self.last >= self.every:
-            self.last = now
-            self.log(self.line())
-
-
 class Committer:
     def __init__(self, layout: OutputLayout, planned_rows: dict[int, int], extra_schema: pa.Schema,
                  download_only: bool, parquet_images: bool, progress: Progress):
+        """`progress` counts rows; `shards_committed` is there for its line's suffix."""
         self.layout = layout
         self.planned = planned_rows  # unfinished shard -> its rows
         self.extra_schema = extra_schema
         self.download_only, self.parquet_images = download_only, parquet_images
         self.progress = progress
+        self.shards_committed = 0
         self.parts: dict[int, set[str]] = defaultdict(set)
         self.counts: dict[int, int] = defaultdict(int)
         self.assembling: dict[Any, int] = {}
@@ -83,7 +52,7 @@ class Committer:
             return  # the same batch written again by a retried task: same name, same rows
         self.parts[shard].add(part)
         self.counts[shard] += rows
-        self.progress.update(rows=rows)
+        self.progress.update(rows)
         if self.counts[shard] > self.planned[shard]:
             raise CommitError(f"shard {shard}: {self.counts[shard]} rows arrived, {self.planned[shard]} planned")
         if self.counts[shard] == self.planned[shard]:
@@ -110,7 +79,8 @@ class Committer:
                     continue
                 self.layout.write_marker(shard, marker)  # the commit
                 del self.planned[shard], self.counts[shard]
-                self.progress.update(shards=1)
+                self.shards_committed += 1
+                self.progress.update()
 
     def missing(self) -> dict[int, int]:
         """Unfinished shard -> rows still awaited."""

@@ -40,6 +40,7 @@ def build_manifest(
     checkpoints: dict[str, str],
     wall_seconds: float,
     shards_this_run: int,
+    checkpoint_sources: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The manifest from every committed shard's marker (see shard_output.shard_stats), read one at
     a time: the driver holds sums, not the markers."""
@@ -83,6 +84,8 @@ def build_manifest(
         # storage options may hold credentials: never written down
         "settings": settings.model_dump(mode="json", exclude={"storage_options"}),
         "checkpoints": checkpoints,
+        # what --captioner/--filter named and what that resolved to (a hub name's commit)
+        "checkpoint_sources": checkpoint_sources or {},
         "versions": package_versions(),
         "wall_seconds": round(wall_seconds, 3),
         "images_per_second": round(totals["rows"] / wall_seconds, 2) if wall_seconds > 0 else None,

@@ -15,17 +15,20 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 import ray
 
-from pipelines.bootstrap.commit import IO_TASK_CPUS, Committer, Progress
+from model.hub import resolve_checkpoint
+from pipelines.bootstrap.commit import IO_TASK_CPUS, Committer
 from pipelines.bootstrap.graph import build_graph
 from pipelines.bootstrap.input_plan import input_fingerprint, plan_input
 from pipelines.bootstrap.layout import RUN_FILE, OutputLayout
 from pipelines.bootstrap.manifest import build_manifest, summary_table, write_manifest
 from pipelines.bootstrap.settings import BootstrapSettings
+from pipelines.progress import Progress
 
 # Settings that change how the work runs but not what it produces; a resumed run may change them.
 OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor",
@@ -95,52 +98,61 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     `stages` replaces graph stages by name (graph.build_graph); `log` receives progress lines
     (default: stderr when verbose)."""
     start = time.perf_counter()
+    own_log = log
     log = log or (_log_to_stderr if verbose else (lambda line: None))
     layout = OutputLayout.at(settings.output, settings.storage_options)
+    # An unknown checkpoint name stops the job before the output folder is touched.
+    sources = {} if settings.download_only else {
+        role: resolve_checkpoint(getattr(settings, role)) for role in ("captioner", "filter")}
     fingerprint = input_fingerprint(settings)
     try:
         run = prepare_output(settings, layout, fingerprint)  # refuse before Ray starts
     except OSError as exc:  # a file where a folder should be, no permission, a full or read-only disk
         raise BootstrapError(f"output {settings.output} cannot be written: {exc}") from None
-    # The checkpoints' sha256 (for the manifest) reads every weight byte: ~2 s per GB. It runs
-    # beside Ray's start-up and the job instead of before them; a folder that is missing is
-    # reported here, one that cannot be read within moments, before any work is done.
-    # The role check (the first in the queue) is done before the graph starts.
-    roles = () if settings.download_only else ("captioner", "filter")
-    for role in roles:
-        if not os.path.exists(getattr(settings, role)):
-            raise BootstrapError(f"{role} checkpoint {getattr(settings, role)}: no such file or folder")
+    # The checkpoints' sha256 reads every weight byte (~2 s per GB): it runs in a thread beside
+    # Ray's start-up and the first batches, not before them. The role check, first in the queue,
+    # is waited for before the graph starts; the hashes before anything is committed (a resume
+    # of a run that recorded them: before the graph starts).
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-hash")
-    trained_as = {role: hashing.submit(_require_role, getattr(settings, role), role) for role in roles}
-    hashes = {role: hashing.submit(_checkpoint_hash, getattr(settings, role)) for role in roles}
+    trained_as = [hashing.submit(_require_role, source.path, role) for role, source in sources.items()]
+    hashes = {role: hashing.submit(_checkpoint_hash, source.path) for role, source in sources.items()}
     hashing.shutdown(wait=False)
+    # The actors load the pinned reference (a hub name at its resolved commit), so that every
+    # worker, on any node, loads the weights the driver hashed.
+    settings_for_graph = settings.model_copy(update={role: Path(source.pinned) for role, source in sources.items()})
     started = _init_ray(settings)
     try:
-        for future in trained_as.values():
+        for future in trained_as:
             future.result()  # a checkpoint not trained as its role stops the job here, before any work
-        for future in hashes.values():
-            if future.done():
-                future.result()  # raises a checkpoint that could not be read, before the graph starts
+        if run.get("checkpoints") is not None:
+            run = _record_checkpoints(layout, run, hashes)
         plan = plan_input(settings, layout)
         if run.get("plan") not in (None, plan.fingerprint):
             raise BootstrapError("--resume: the input is not the one the first run planned")
         if run.get("plan") is None:
-            layout.storage.put(RUN_FILE, json.dumps({**run, "plan": plan.fingerprint}, sort_keys=True).encode())
+            run = {**run, "plan": plan.fingerprint}
+            layout.storage.put(RUN_FILE, json.dumps(run, sort_keys=True).encode())
         done = layout.done_ids()
         pending = [s for s in plan.shards if s.shard not in done]
         if pending:
-            progress = Progress(sum(s.rows for s in pending), len(pending), log, settings.progress_seconds)
+            # Without a caller's `log`, progress goes to stderr itself: rewritten in place on a
+            # terminal, a plain line every progress_seconds elsewhere.
+            progress = Progress("bootstrap", sum(s.rows for s in pending), "rows", every=settings.progress_seconds,
+                                log=None if own_log is None and verbose else log,
+                                suffix=lambda: f"shards committed {committer.shards_committed}/{len(pending)}")
             log(f"bootstrap: {len(plan.shards)} shards planned, {len(done)} already committed, "
-                f"{len(pending)} to do ({progress.total_rows} rows)")
+                f"{len(pending)} to do ({progress.total} rows)")
             committer = Committer(layout, {s.shard: s.rows for s in pending}, plan.extra_schema,
                                   settings.download_only, settings.parquet_images, progress)
-            graph = build_graph(plan, pending, settings, stages)
+            graph = build_graph(plan, pending, settings_for_graph, stages)
             for batch in graph.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if sources and run.get("checkpoints") is None:  # at the first rows (hashes usually done by then)
+                    run = _record_checkpoints(layout, run, hashes)
                 for record in batch.to_pylist():
                     committer.add(record)
                 committer.harvest()
             committer.harvest(wait_all=True)
-            progress.update(force=True)
+            progress.close()
             if committer.failed:
                 raise BootstrapError(f"shards not written (run again with --resume): {committer.failed}")
             if committer.missing():
@@ -151,13 +163,26 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     checkpoints = {role: future.result() for role, future in hashes.items()}
     input_rows = sum(s.rows for s in plan.shards)
     manifest = build_manifest(settings, input_rows, layout.markers(), checkpoints,
-                              time.perf_counter() - start, len(pending))
+                              time.perf_counter() - start, len(pending),
+                              {role: source.record() for role, source in sources.items()})
     if manifest["output_rows"] != input_rows:
         raise BootstrapError(f"{input_rows} rows in, {manifest['output_rows']} out")
     write_manifest(layout, manifest)
     if verbose:
         print(summary_table(manifest))
     return manifest
+
+
+def _record_checkpoints(layout: OutputLayout, run: dict[str, Any], hashes: dict[str, Future]) -> dict[str, Any]:
+    """Wait for the checkpoints' hashes; refuse a resume whose weights are not the first run's,
+    else record them in run.json (before the first shard is committed)."""
+    checkpoints = {role: future.result() for role, future in hashes.items()}
+    if run.get("checkpoints") not in (None, checkpoints):
+        raise BootstrapError("--resume: the captioner or filter weights are not the first run's "
+                             f"(first {run['checkpoints']}, now {checkpoints})")
+    run = {**run, "checkpoints": checkpoints}
+    layout.storage.put(RUN_FILE, json.dumps(run, sort_keys=True).encode())
+    return run
 
 
 def _require_role(path: Any, role: str) -> None:
@@ -173,6 +198,7 @@ def _require_role(path: Any, role: str) -> None:
 
 
 def _checkpoint_hash(path: Any) -> str:
+    # imported here, in the hashing thread: model.checkpoint brings the model code and torch
     from model.checkpoint import checkpoint_hash
 
     return checkpoint_hash(path)

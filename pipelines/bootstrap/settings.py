@@ -27,10 +27,12 @@ class BootstrapSettings(BaseModel):
                                    "or an img2dataset output folder.")
     output: str = Field(description="Output folder, local or any fsspec URL (s3://bucket/x, gs://...): "
                                     "parquet/, webdataset/, stats/, manifest.json.")
-    captioner: Path | None = Field(None, description="Captioner checkpoint: capfilt or transformers BLIP folder "
-                                                     "(not with --download-only).")
-    filter: Path | None = Field(None, description="Filter checkpoint: capfilt or transformers BLIP ITM folder "
-                                                  "(not with --download-only).")
+    captioner: Path | None = Field(None, description="Captioner checkpoint: capfilt or transformers BLIP folder, "
+                                                     "BLIP .pth, released preset (capfilt model list, e.g. blip-large) "
+                                                     "or hub name org/name[@revision] (not with --download-only).")
+    filter: Path | None = Field(None, description="Filter checkpoint: capfilt or transformers BLIP ITM folder, "
+                                                  "BLIP .pth, released preset (e.g. blip-itm-large) or hub name "
+                                                  "org/name[@revision] (not with --download-only).")
     download_only: bool = Field(False, description="Download, validate, resize and write; no model. The output "
                                                    "is img2dataset-like (one sample per image, the web caption "
                                                    "as .txt) and is itself a valid --input.")

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pipelines.progress import Progress
 from pipelines.rounds.record import (ROUNDS_FILE, RUN_FILE, build_rounds, changed_keys, fingerprint,
                                      marker_path, read_marker, write_json)
 from pipelines.rounds.settings import RoundsSettings
@@ -166,6 +167,8 @@ class Loop:
         stop = self.s.stop_point
         stopped = None
         plan = [(r, round_steps(r, self.s.rounds)) for r in range(self.s.rounds + 1)]
+        todo = [(r, step) for r, steps in plan for step in steps if read_marker(self.root, r, step) is None]
+        stages = Progress("rounds", len(todo), "stages", log=self.log)
         for r, steps in plan:
             for step in steps:
                 if read_marker(self.root, r, step) is None:
@@ -177,6 +180,7 @@ class Loop:
                                 "seconds": round(time.perf_counter() - start, 1),
                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                     self.log(f"round {r}: {step} done in {time.perf_counter() - start:.0f} s")
+                    stages.update(1, force=True)
                 else:
                     self.log(f"round {r}: {step} already done, skipped")
                 write_json(self.root / ROUNDS_FILE, build_rounds(self.root, self.s.rounds, plan, run))

@@ -47,11 +47,15 @@ def ensure_ray(settings: TrainSettings) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False)
 
 
-def prepare_init(settings: TrainSettings, captions: list[str]) -> Path:
-    """The checkpoint the workers start from: --init, or a fresh model of --preset whose
+def prepare_init(settings: TrainSettings, captions: list[str]) -> Path | str:
+    """The checkpoint the workers start from: --init (a hub name pinned to the commit it resolves
+    to now, so that every worker loads the same weights), or a fresh model of --preset whose
     tokenizer is trained on the data's captions (kept in OUTPUT/init, reused on resume)."""
     if settings.init is not None:
-        return settings.init
+        from model.hub import resolve_checkpoint
+
+        source = resolve_checkpoint(settings.init)  # an unknown name fails here, before Ray Train
+        return source.pinned if source.repo_id or source.preset else source.path
     init = settings.output / INIT_DIR
     if (init / "config.json").is_file():
         return init
@@ -100,7 +104,8 @@ def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = Non
     settings_json = settings.model_dump(mode="json")
     (settings.output / "settings.json").write_text(json.dumps(settings_json, indent=2) + "\n")
     # Paths absolute: Ray Train workers do not run in the driver's working directory.
-    config = {"settings": settings_json, "output": str(settings.output.resolve()), "init": str(Path(init).absolute()),
+    config = {"settings": settings_json, "output": str(settings.output.resolve()),
+              "init": init if isinstance(init, str) else str(init.absolute()),  # a pinned hub name as it is
               "total_steps": total, "steps_per_epoch": per_epoch, "num_pairs": num_pairs, "fault": fault}
     return TorchTrainer(
         train_loop_per_worker,

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines.train.augment import collate
+from pipelines.progress import Progress as ProgressLine
 from pipelines.train.metrics import MetricsLog, Throughput
 from pipelines.train.optim import make_optimizer, make_scheduler
 from pipelines.train.settings import TrainSettings
@@ -142,6 +143,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     meter = Throughput()
+    # rank 0's stdout is what `ray job logs` shows: a plain line every 10 s (pipelines/progress.py)
+    steps_left = ProgressLine(f"train {settings.task}", total_steps, "steps", log=print, done=progress.step) if log else None
     for epoch in range(progress.epoch, settings.epochs):
         if progress.step >= total_steps:
             break
@@ -176,10 +179,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             epoch_steps += 1
             for name, value in values.items():
                 epoch_sums[name] = epoch_sums.get(name, 0.0) + value
+            if steps_left:
+                steps_left.update(1)
             if progress.step % settings.log_every == 0 or progress.step == total_steps:
                 values = _mean_over_ranks(values, device)
                 if log:
-                    log.write({"step": progress.step, "epoch": epoch, **values, "samples_per_s": meter.rate()})
+                    eta = steps_left.eta_seconds() if steps_left else None
+                    log.write({"step": progress.step, "total_steps": total_steps, "epoch": epoch, **values,
+                               "samples_per_s": meter.rate(), "steps_per_s": steps_left.rate() if steps_left else None,
+                               "eta_s": round(eta, 1) if eta is not None else None})
             if progress.step % settings.checkpoint_every == 0 and progress.step < total_steps:
                 save(epoch_end=False)
         if stopped:
@@ -192,6 +200,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         save(epoch_end=True)
     if last_saved != progress.step:
         save(epoch_end=False)
+    if steps_left:
+        steps_left.close()
     equal = _replicas_equal(task.med)
     if log:
         log.write({"event": "done", "step": progress.step, "samples": progress.samples,

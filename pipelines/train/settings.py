@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from model.hub import looks_resolvable
+
 Task = Literal["pretrain", "caption", "filter"]
 
 # The losses each task trains; the names are those model/pretrain_task.py returns.
@@ -31,7 +33,8 @@ class JobSettings(BaseModel):
                                                       "output, Parquet or WebDataset files or folders.")
     output: Path = Field(description="Output folder; a job started again on it resumes.")
     preset: str = Field("tiny", description="Model size when starting from scratch (tiny, base, large).")
-    init: Path | None = Field(None, description="Checkpoint folder to start from (required to fine-tune).")
+    init: Path | None = Field(None, description="Checkpoint to start from (required to fine-tune): a folder, a BLIP "
+                                                ".pth, a released preset (capfilt model list) or a hub name org/name[@revision].")
     epochs: int = Field(1, ge=1, le=10_000)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps in all.")
     batch_size: int = Field(16, ge=2, le=65_536, description="Pairs per worker per step (ITM needs >= 2).")
@@ -76,12 +79,13 @@ class JobSettings(BaseModel):
     def _absolute(cls, path: Path | None) -> Path | None:
         # Ray Train's workers do not run in the driver's working directory, and they read
         # these settings again: a path the user gave relative to theirs must travel absolute.
-        return None if path is None else path.absolute()
+        # A hub name or preset (no such local path) stays as it is.
+        return None if path is None else (path.absolute() if path.exists() else path)
 
     @model_validator(mode="after")
     def _coherent(self) -> "JobSettings":
-        if self.init is not None and not self.init.is_dir():
-            raise ValueError(f"init: checkpoint folder not found: {self.init}")
+        if self.init is not None and not looks_resolvable(self.init):
+            raise ValueError(f"init: checkpoint folder not found, nor a .pth file, released preset or hub name: {self.init}")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
         return self
@@ -91,7 +95,7 @@ class FinetuneSettings(JobSettings):
     """Fine-tunes start from a checkpoint, with a smaller learning rate (BLIP: 1e-5 for base;
     the tiny model of the toy world takes more) and a short warm-up."""
 
-    init: Path = Field(description="Checkpoint folder to start from (a pre-trained model).")
+    init: Path = Field(description="Checkpoint to start from (a pre-trained model): folder, .pth, preset or hub name.")
     lr: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps from min_lr to lr.")
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.med import MED
+from pipelines.progress import Progress
 from pipelines.train.augment import normalise
 from pipelines.train.optim import lr_at, make_optimizer
 
@@ -104,9 +105,11 @@ def warm_up_vision(
     eval_every: int = 500,
     seed: int = 0,
     log: Callable[[dict[str, Any]], None] = lambda entry: None,
+    progress_log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train `med.vision` for `steps` steps on `batch_at(step)`; returns (and logs) an entry each
-    `eval_every` steps and at the end: step, loss, lr, seconds, and the held-out scores."""
+    `eval_every` steps and at the end: step, loss, lr, seconds, and the held-out scores. Progress
+    lines (steps done / total, rate, ETA) go to `progress_log`, or to stderr (pipelines/progress.py)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     torch.manual_seed(seed)
@@ -117,6 +120,7 @@ def warm_up_vision(
     optimizer = make_optimizer(nn.ModuleList([med.vision, heads]), lr, weight_decay)
     curve: list[dict[str, Any]] = []
     started = time.perf_counter()
+    progress = Progress("warm-up", steps, "steps", log=progress_log)
     for step in range(steps):
         rate = lr_at(step, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, total_steps=steps, decay="cosine")
         for group in optimizer.param_groups:
@@ -126,6 +130,7 @@ def warm_up_vision(
         loss.backward()
         optimizer.step()
         done = step + 1
+        progress.update(1)
         if done % eval_every == 0 or done == steps:
             entry: dict[str, Any] = {"step": done, "loss": round(float(loss.detach()), 4), "lr": rate,
                                      "seconds": round(time.perf_counter() - started, 1)}
@@ -133,5 +138,6 @@ def warm_up_vision(
                 entry.update(warmup_scores(med, heads, eval_batch, dev))
             curve.append(entry)
             log(entry)
+    progress.close()
     med.vision.eval()
     return curve
