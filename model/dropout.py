@@ -33,7 +33,7 @@ class _DropPath:
 
 def block_rates(rate: float, depth: int) -> list[float]:
     """timm's and BLIP's schedule: 0 at the first block, `rate` at the last."""
-    return torch.linspace(0.0, rate, depth).tolist() if depth else []
+    return torch.linspace(0.0, rate, depth, device="cpu").tolist() if depth else []  # cpu: also under a meta-device build
 
 
 def set_vision_drop_path(vision: nn.Module, rate: float) -> None:
