@@ -36,7 +36,10 @@ demo: install
 demo-full: install
 	$(BIN)/python -m capfilt.demo --output $(DEMO_OUT)-full --full
 
+# lint-imports first: the layer contract in .importlinter (capfilt/ -> pipelines/ -> model/, model/
+# knows no Ray) fails the run before any test does.
 test: install $(OPENCLIP_VENV)/bin/python
+	$(BIN)/lint-imports --no-cache
 	CAPFILT_OPENCLIP_PYTHON=$(OPENCLIP_VENV)/bin/python $(BIN)/python -m pytest -q
 
 # Speed at BLIP-base shapes (random weights made on the spot): the model levers one by one, bf16
