@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipelines.bootstrap.schema import OK
+
 ROUNDS_FILE = "rounds.json"
 RUN_FILE = "run.json"  # settings and input fingerprints of the first start, for --resume
 HEADLINE = ("tr@1", "ir@1", "tr@5", "ir@5", "bleu4", "cider")
@@ -87,7 +89,7 @@ def round_metrics(steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
             metrics[k] = ev["caption"][k]
     boot = steps.get("bootstrap", {}).get("counts")
     if boot:
-        ok = boot["status"].get("ok", 0)
+        ok = boot["status"].get(OK, 0)
         metrics["bootstrap_ok_images"] = ok
         metrics["bootstrap_kept_web_share"] = boot["kept"]["web"] / ok if ok else None
         metrics["bootstrap_kept_synthetic_share"] = (boot["kept"]["synthetic"] / boot["synthetic_captions"]
