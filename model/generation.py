@@ -21,7 +21,7 @@ from typing import Iterator, Protocol, Sequence
 import torch
 
 from model.config import TokenIds
-from model.generation_settings import EVALUATION, GenerationSettings, generation_field  # noqa: F401 (re-exported)
+from model.generation_settings import GenerationSettings  # its home; imported from here too
 from model.med import MED
 
 

@@ -11,7 +11,6 @@ local instance for the run and stops it afterwards. A Ray already initialised by
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from pipelines.bootstrap.input_plan import input_fingerprint, plan_input
 from pipelines.bootstrap.layout import RUN_FILE, OutputLayout
 from pipelines.bootstrap.manifest import build_manifest, summary_table, write_manifest
 from pipelines.bootstrap.settings import BootstrapSettings
+from pipelines.ray_session import start_or_join_ray
 
 # Settings that change how the work runs but not what it produces; a resumed run may change them.
 OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor",
@@ -67,21 +67,10 @@ def prepare_output(settings: BootstrapSettings, layout: OutputLayout, fingerprin
 
 
 def _init_ray(settings: BootstrapSettings) -> bool:
-    """Join or start Ray; True when this call started it (and must stop it)."""
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return True
-    # A local instance gets at least the logical CPUs the graph asks for: each actor holds its
-    # CPUs for its lifetime, and on a small machine the download, write and assembly tasks would
-    # otherwise never find room and the graph would stall. ("local": never join a stray cluster.)
+    """Join or start Ray (pipelines/ray_session.py); True when this call started it (and must stop it)."""
+    # the graph's actors, and room beside them for the download, write and assembly tasks
     actors = 0 if settings.download_only else (settings.captioner_actors + settings.filter_actors)
-    wanted = actors * settings.cpus_per_actor + settings.download_cpus + 3 * IO_TASK_CPUS
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
-             log_to_driver=False)
-    return True
+    return start_or_join_ray(actors * settings.cpus_per_actor + settings.download_cpus + 3 * IO_TASK_CPUS)
 
 
 def _log_to_stderr(line: str) -> None:

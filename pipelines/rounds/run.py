@@ -19,12 +19,12 @@ the whole loop (every job reuses it) and stops it at the end.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pipelines.ray_session import start_or_join_ray
 from pipelines.rounds.record import (ROUNDS_FILE, RUN_FILE, build_rounds, changed_keys, fingerprint,
                                      marker_path, read_marker, write_json)
 from pipelines.rounds.settings import RoundsSettings
@@ -195,19 +195,9 @@ class Loop:
 
 def _start_ray(settings: RoundsSettings) -> bool:
     """Join RAY_ADDRESS, or start a local Ray sized for the largest job; True when started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-        return True
     b = settings.bootstrap
-    wanted = max(settings.num_workers * settings.cpus_per_worker + 1,
-                 (b.captioner_actors + b.filter_actors) * b.cpus_per_actor + b.download_cpus + 1)
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
-             log_to_driver=False)
-    return True
+    return start_or_join_ray(max(settings.num_workers * settings.cpus_per_worker + 1,
+                                 (b.captioner_actors + b.filter_actors) * b.cpus_per_actor + b.download_cpus + 1))
 
 
 def run_rounds(settings: RoundsSettings, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipelines.ray_session import start_or_join_ray
 from pipelines.train.data import DataError, decoded_dataset, pair_dataset, resolve_sources, scan_pairs
 from pipelines.train.metrics import read_metrics
 from pipelines.train.optim import steps_per_epoch as steps_per_epoch_of
@@ -34,17 +35,10 @@ ROLES = {"pretrain": ["captioner", "filter"], "caption": ["captioner"], "filter"
 
 
 def ensure_ray(settings: TrainSettings) -> None:
-    """Join the cluster that RAY_ADDRESS names, or start a local Ray with room for the workers
-    and for Ray Data's read and decode tasks beside them."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    needed = settings.num_workers * settings.cpus_per_worker + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False)
+    """Join the cluster that RAY_ADDRESS names, or start a local Ray (never a stray cluster:
+    pipelines/ray_session.py) with room for the workers and for Ray Data's tasks beside them.
+    Workers' output is shown, as before; a Ray started here ends with the process."""
+    start_or_join_ray(settings.num_workers * settings.cpus_per_worker + 1, log_to_driver=True)
 
 
 def prepare_init(settings: TrainSettings, captions: list[str]) -> Path:
