@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from model.atomic_write import replace_file
 from pipelines.bootstrap.schema import OK
 
 ROUNDS_FILE = "rounds.json"
@@ -23,10 +23,7 @@ HEADLINE = ("tr@1", "ir@1", "tr@5", "ir@5", "bleu4", "cider")
 
 def write_json(path: Path, value: Any) -> None:
     """Atomically: a reader (or a resumed run) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
 def _file_digest(path: Path) -> str:

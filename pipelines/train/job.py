@@ -16,11 +16,11 @@ folder holds:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from model.atomic_write import replacing_folder
 from pipelines.ray_session import start_or_join_ray
 from pipelines.train.data import DataError, decoded_dataset, pair_dataset, resolve_sources, scan_pairs
 from pipelines.train.metrics import read_metrics
@@ -122,12 +122,9 @@ def run_training(settings: TrainSettings, *, fault: dict[str, Any] | None = None
     final = settings.output / MODEL_DIR
     with result.checkpoint.as_directory() as directory:
         source = Path(directory) / MODEL_DIR
-        tmp = settings.output / f".{MODEL_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
-        _set_roles(tmp, ROLES[settings.task])
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with replacing_folder(final) as tmp:  # the previous model stays until this one replaces it
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            _set_roles(tmp, ROLES[settings.task])
     records = read_metrics(settings.output)
     done = [r for r in records if r.get("event") == "done"]
     return {"output": str(settings.output), "model": str(final), "checkpoint": result.checkpoint.path,
