@@ -49,20 +49,15 @@ def prepare_init(settings: TrainSettings, captions: list[str]) -> Path:
     init = settings.output / INIT_DIR
     if (init / "config.json").is_file():
         return init
-    import torch
-
-    from model.checkpoint import save_checkpoint
     from model.config import preset
-    from model.med import MED
+    from model.random_init import save_random_checkpoint
     from model.tokenizer import train_wordpiece
 
     base = preset(settings.preset)
     tokenizer = train_wordpiece(captions, vocab_size=base.vocab_size)
-    config = base.replace(vocab_size=tokenizer.vocab_size, tokens=tokenizer.ids,
-                          image_size=settings.image_size or base.image_size)
-    torch.manual_seed(settings.seed)
-    save_checkpoint(init, MED(config), tokenizer, extra={"roles": ROLES["pretrain"], "initialised": "random",
-                                                          "seed": settings.seed})
+    save_random_checkpoint(init, settings.preset, tokenizer, seed=settings.seed,
+                           image_size=settings.image_size or base.image_size,
+                           extra={"roles": ROLES["pretrain"], "initialised": "random", "seed": settings.seed})
     return init
 
 
