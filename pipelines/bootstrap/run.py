@@ -24,21 +24,13 @@ from pipelines.bootstrap.graph import build_graph
 from pipelines.bootstrap.input_plan import input_fingerprint, plan_input
 from pipelines.bootstrap.layout import RUN_FILE, OutputLayout
 from pipelines.bootstrap.manifest import build_manifest, summary_table, write_manifest
-from pipelines.bootstrap.settings import BootstrapSettings
+from pipelines.bootstrap.settings import OPERATIONAL, BootstrapSettings
 from pipelines.ray_session import start_or_join_ray
-
-# Settings that change how the work runs but not what it produces; a resumed run may change them.
-OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor",
-               "cpus_per_actor", "batch_size", "download_threads", "download_batch_size", "download_cpus",
-               "storage_options", "stage_retries", "progress_seconds"}
+from pipelines.run_folder import check_run_folder, result_settings
 
 
 class BootstrapError(RuntimeError):
     """The job cannot start or did not account for every row."""
-
-
-def _result_settings(settings: BootstrapSettings) -> dict[str, Any]:
-    return settings.model_dump(mode="json", exclude=OPERATIONAL)
 
 
 def prepare_output(settings: BootstrapSettings, layout: OutputLayout, fingerprint: str) -> dict[str, Any]:
@@ -47,19 +39,9 @@ def prepare_output(settings: BootstrapSettings, layout: OutputLayout, fingerprin
     storage = layout.storage
     if settings.overwrite and not storage.is_empty():
         storage.remove_tree("")
-    run = {"input": fingerprint, "settings": _result_settings(settings)}
-    if not storage.is_empty():
-        if not settings.resume:
-            raise BootstrapError(f"output {settings.output} is not empty: pass --resume to finish it or --overwrite")
-        if not storage.exists(RUN_FILE):
-            raise BootstrapError(f"output {settings.output} holds no bootstrap run to resume")
-        previous = json.loads(storage.get(RUN_FILE))
-        if previous.get("input") != fingerprint:
-            raise BootstrapError("--resume: the input is not the one the first run planned")
-        changed = sorted(k for k, v in run["settings"].items() if previous["settings"].get(k) != v)
-        if changed:
-            raise BootstrapError(f"--resume: settings that change the output differ from the first run: {changed}")
-        run = previous
+    run = {"input": fingerprint, "settings": result_settings(settings, OPERATIONAL)}
+    check_run_folder(storage, RUN_FILE, run, resume=settings.resume, job="bootstrap", error=BootstrapError,
+                     not_empty="pass --resume to finish it or --overwrite")
     storage.make_root()
     layout.clear_uncommitted()
     storage.put(RUN_FILE, json.dumps(run, sort_keys=True).encode())

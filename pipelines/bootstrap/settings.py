@@ -19,6 +19,13 @@ InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "img2dataset"]
 ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
 
 
+# Settings that change how the work runs but not what it produces: a resumed run may change them
+# (pipelines/run_folder.py), in `capfilt bootstrap` and in the rounds loop's bootstrap section.
+OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor",
+               "cpus_per_actor", "batch_size", "download_threads", "download_batch_size", "download_cpus",
+               "storage_options", "stage_retries", "progress_seconds"}
+
+
 class BootstrapSettings(BaseModel):
     """CapFilt over a web corpus: download, caption, filter, write."""
 

@@ -50,21 +50,6 @@ def fingerprint(path: str) -> dict[str, Any]:
     return {"path": path, "sha256": outer.hexdigest(), "files": len(files)}
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: to name the settings that changed."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: value}
-
-
-def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    a, b = flatten(before), flatten(after)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-
-
 def marker_path(root: Path, r: int, step: str) -> Path:
     return root / f"round_{r}" / f"{step}.done.json"
 
