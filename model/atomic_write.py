@@ -79,7 +79,10 @@ def replacing_folder(directory: str | os.PathLike[str]) -> Iterator[Path]:
     temporary one removed."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    # mkdir, not mkdtemp: the folder gets the mode a plain mkdir gives (0777 less the umask), not
+    # 0700, so that a model on a shared volume stays readable by the other pods' users
+    tmp = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir()
     try:
         yield tmp
         swap_in(tmp, directory)

@@ -65,3 +65,11 @@ def test_swap_in_trades_places_in_one_step_where_the_os_can(tmp_path):
     assert (old / "weights").read_text() == "new" and (new / "weights").read_text() == "old"
     swap_in(new, old)  # swapped back: the "finished" folder is now the old content
     assert (old / "weights").read_text() == "old" and _siblings(old) == []
+
+
+def test_a_replaced_folder_has_a_plain_folder_s_mode(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with replacing_folder(tmp_path / "model") as tmp:
+        (tmp / "weights").write_text("v1")
+    assert (tmp_path / "model").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
