@@ -11,7 +11,7 @@ DEMO_OUT ?= demo-out
 # 2.13.0) must not sit beside the project's CPU torch, where it breaks transformers' imports.
 OPENCLIP_VENV ?= .venv-openclip
 
-.PHONY: demo demo-full test install clean bench
+.PHONY: demo demo-full test test-fast install clean bench
 
 $(BIN)/capfilt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,17 @@ demo: install
 demo-full: install
 	$(BIN)/python -m capfilt.demo --output $(DEMO_OUT)-full --full
 
+# lint-imports first: the layer contract in .importlinter (capfilt/ -> pipelines/ -> model/, model/
+# knows no Ray) fails the run before any test does.
 test: install $(OPENCLIP_VENV)/bin/python
+	$(BIN)/lint-imports --no-cache
 	CAPFILT_OPENCLIP_PYTHON=$(OPENCLIP_VENV)/bin/python $(BIN)/python -m pytest -q
+
+# The fast tier, for a developer between edits: the layer contract and every test not marked
+# `slow` (a slow test takes over ~20 s on 2 cores: a Ray job end to end, or training).
+test-fast: install
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Speed at BLIP-base shapes (random weights made on the spot): the model levers one by one, bf16
 # parity, then `capfilt bootstrap` against the plain transformers loop at 32 and 256 images; JSON

@@ -22,15 +22,19 @@ app = typer.Typer(
 COMMAND_MODULES = ["world", "model", "bootstrap", "train", "calibrate", "report", "rounds"]
 
 
-def _register_all() -> None:
-    for name in COMMAND_MODULES:
+def _register_all(names: Sequence[str] = COMMAND_MODULES, target: typer.Typer = app) -> None:
+    for name in names:
+        module_name = f"capfilt.commands.{name}"
         try:
-            module = importlib.import_module(f"capfilt.commands.{name}")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == f"capfilt.commands.{name}":
-                continue  # a command group not built yet
+            if exc.name == module_name:
+                # an error, not a skip: a renamed file must not make a sub-command vanish quietly
+                raise ModuleNotFoundError(
+                    f"capfilt command {name!r} is listed in COMMAND_MODULES, but its module "
+                    f"{module_name} does not exist", name=module_name) from exc
             raise
-        module.register(app)
+        module.register(target)
 
 
 _register_all()

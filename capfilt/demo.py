@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from capfilt.settings_cli import run_app, settings_command
 from capfilt.world import World, WorldMakeSettings, WorldServer, make_world
+from pipelines.bootstrap.schema import OK
 
 
 class DemoSettings(BaseModel):
@@ -147,7 +148,7 @@ def pair_noise(world: World, folder: Path) -> dict[str, Any]:
                                                      "synthetic_captions", "synthetic_kept"]).to_pylist()
     ids, captions, kinds = [], [], []
     for r in rows:
-        if r["status"] != "ok":
+        if r["status"] != OK:
             continue
         image = labels[r["key"]]["image_id"]
         if r["web_kept"] and r["web_caption"]:

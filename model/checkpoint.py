@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +22,7 @@ from typing import Any, Literal
 from safetensors.torch import save_file
 from transformers import BlipConfig
 
+from model.atomic_write import replacing_folder
 from model.blip_pth import med_from_blip_pth
 from model.config import MEDConfig
 from model.hub import ResolvedCheckpoint, resolve_checkpoint
@@ -101,10 +99,7 @@ def save_checkpoint(
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the model {med.config.vocab_size}")
     if tokenizer.ids != med.config.tokens:
         raise ValueError(f"tokenizer special ids {tokenizer.ids} differ from the config's {med.config.tokens}")
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with replacing_folder(directory) as tmp:
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "tied": med.tied, "config": med.config.to_dict()}
         (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n")
         state = {k: v.cpu() for k, v in unique_state(med).items()}
@@ -112,17 +107,7 @@ def save_checkpoint(
         tokenizer.save(tmp)
         if extra is not None:
             (tmp / EXTRA_FILE).write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    return Path(directory)
 
 
 # ---- loading ---------------------------------------------------------------------------------

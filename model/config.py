@@ -128,18 +128,16 @@ PRESETS: dict[str, MEDConfig] = {
         vision_width=128, vision_layers=4, vision_heads=4, vision_mlp=256,
         vocab_size=1024, text_width=128, text_layers=4, text_heads=4, text_mlp=256,
         max_positions=64, embed_dim=64, max_text_len=32,
-        # BERT's 0.02 suits width 768; at width 128 it leaves every caption's [CLS] nearly the same
-        # (cosine 0.9997 at init) and ITC/ITM sit at their prior for hundreds of steps. 0.05 (about
-        # 0.6 / sqrt(width)) broke that plateau sooner in 3 of 3 seeds of a first probe, but in 2 of
-        # 3 of benchmarks/filter_plateau.py's run: the escape is stochastic (results/filter_plateau.json).
+        # The tiny recipe (README, "The tiny recipe"; figures in its benchmark table and in
+        # benchmarks/results/, not here, where they would go stale):
+        # BERT's 0.02 suits width 768; at width 128 every caption's [CLS] starts nearly the same and
+        # ITC/ITM sit at their prior for hundreds of steps (benchmarks/filter_plateau.py).
         init_range=0.05,
-        # A tiny captioner trained from scratch for 800 steps on the human split named the right
-        # place of a lone object in 17 % and 13 % of its greedy captions (2 seeds) from a random
-        # start, in 100 % and 93 % from a sine-cosine one (benchmarks/position_init.py).
+        # a captioner from scratch learns where things are from a sine-cosine start, hardly from
+        # noise (benchmarks/position_init.py)
         position_init="sincos",
-        # No dropout: the toy models learn from scratch in a few hundred steps (underfit, not
-        # overfit); BLIP's 0.1 is for fine-tuning pre-trained weights. Not measured on the toy world
-        # yet: text_hidden_dropout / text_attention_dropout / vision_drop_path are training flags.
+        # no dropout: the toy models learn from scratch in a few hundred steps (underfit, not
+        # overfit); BLIP's 0.1 is for fine-tuning pre-trained weights (training flags can set it)
         text_hidden_dropout=0.0, text_attention_dropout=0.0,
         # the toy WordPiece tokenizer puts its specials first, in this order
         tokens=TokenIds(pad=0, cls=2, sep=3, dec=5, enc=6),

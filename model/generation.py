@@ -16,60 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Iterator, Literal, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.config import TokenIds
+from model.generation_settings import GenerationSettings  # its home; imported from here too
 from model.med import MED
 
 
 class PromptTokenizer(Protocol):
     def encode_prompt(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
-
-
-class GenerationSettings(BaseModel):
-    """How captions are written; BLIP's sampling defaults (max 30, min 10, top-k 50 then top-p 0.9,
-    repetition penalty 1.1).
-
-    BLIP pinned transformers 4.15, whose `generate(do_sample=True)` applied its default top_k=50
-    although BLIP passes only top_p: the nucleus is taken from the 50 most likely tokens,
-    renormalised. Without it, top-p 0.9 reaches into the flat tail that label smoothing leaves
-    (0.1 spread over the vocabulary) and picks stray tokens.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    num_captions: int = Field(1, ge=1, description="captions per image (K)")
-    decoding: Literal["nucleus", "beam"] = "nucleus"
-    top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus mass")
-    top_k: int = Field(50, ge=0, description="sample from the k most likely tokens, renormalised, before "
-                                             "top-p (transformers' default, which BLIP's generate applied); 0 = off")
-    temperature: float = Field(1.0, gt=0.0)
-    min_length: int = Field(10, ge=0, description="tokens before [SEP] may end the caption, prompt included")
-    max_length: int = Field(30, ge=2, description="tokens at most, [DEC], prompt and [SEP] included")
-    repetition_penalty: float | None = Field(
-        None, ge=1.0, description="None = BLIP's choice: 1.1 for nucleus, 1.0 for beam"
-    )
-    num_beams: int = Field(3, ge=1)
-    length_penalty: float = Field(1.0, description="beam scores are divided by length**length_penalty")
-    prompt: str = Field("a picture of ", description="decoder prefix, stripped from the output")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "GenerationSettings":
-        if self.min_length > self.max_length:
-            raise ValueError(f"min_length ({self.min_length}) exceeds max_length ({self.max_length})")
-        if self.decoding == "beam" and self.num_beams < self.num_captions:
-            raise ValueError(f"beam search returns at most num_beams ({self.num_beams}) captions, asked for {self.num_captions}")
-        return self
-
-    @property
-    def penalty(self) -> float:
-        if self.repetition_penalty is not None:
-            return self.repetition_penalty
-        return 1.1 if self.decoding == "nucleus" else 1.0  # BLIP hard-codes 1.1 for sampling
 
 
 def decoder_prefix(tokenizer: PromptTokenizer, prompt: str, tokens: TokenIds) -> list[int]:

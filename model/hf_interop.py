@@ -14,14 +14,12 @@ filter, `temp`) keep their init and are listed; `roles` says which mode is reall
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval
 
+from model.atomic_write import replacing_folder
 from model.config import PRESETS, MEDConfig, TokenIds, blip_regularisers
 from model.med import MED
 from model.weights_io import CheckpointError, assign_state
@@ -152,23 +150,14 @@ def _save_transformers(model, tokenizer, config: MEDConfig, directory: str | Pat
     folder beside `directory` and renamed into place, so a reader never sees half a folder."""
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with replacing_folder(directory) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save(tmp)
         BlipImageProcessorPil(
             size={"height": config.image_size, "width": config.image_size},
             image_mean=list(config.image_mean), image_std=list(config.image_std),
         ).save_pretrained(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    return Path(directory)
 
 
 def export_captioner(med: MED, tokenizer, directory: str | Path) -> Path:

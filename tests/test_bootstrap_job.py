@@ -68,6 +68,7 @@ def submit(head: dict, *args: str) -> subprocess.CompletedProcess:
         time.sleep(3)
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_the_bootstrap_job(head, tmp_path):
     world = make_small_world(tmp_path / "world", ROWS)
     checkpoint = make_checkpoint(tmp_path / "ckpt")

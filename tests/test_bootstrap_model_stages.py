@@ -51,6 +51,7 @@ def captions(checkpoint: Path, keys: list[str] | None = None, **changes) -> list
     return CaptionStage(settings(checkpoint, **changes))(batch(keys)).column("synthetic_captions").to_pylist()
 
 
+@pytest.mark.slow
 def test_seed_decides_the_captions_and_a_row_does_not_depend_on_its_batch(checkpoint):
     first = captions(checkpoint, seed=1, top_p=1.0)
     assert first == captions(checkpoint, seed=1, top_p=1.0)
@@ -59,6 +60,7 @@ def test_seed_decides_the_captions_and_a_row_does_not_depend_on_its_batch(checkp
     assert alone[0] == first[3]
 
 
+@pytest.mark.slow
 def test_top_p_and_temperature_reach_the_sampler(checkpoint):
     def spread(**changes) -> int:  # distinct captions over seeds
         return len({tuple(captions(checkpoint, seed=s, **changes)[0]) for s in range(4)})
@@ -70,6 +72,7 @@ def test_top_p_and_temperature_reach_the_sampler(checkpoint):
     assert spread(top_p=1.0, temperature=1e-6) == 1
 
 
+@pytest.mark.slow
 def test_max_length_cuts_the_same_draws_and_the_prompt_conditions_them(checkpoint):
     # the same seed draws the same tokens; a shorter max_length stops earlier, so each caption
     # is a prefix of the longer run's (min_length 0: no step is forced either way)

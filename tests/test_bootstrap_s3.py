@@ -72,6 +72,7 @@ def uninterrupted(env):
     return settings, run_bootstrap(settings, verbose=False)
 
 
+@pytest.mark.slow
 def test_output_on_s3_reads_back_and_nothing_is_local(env, uninterrupted):
     settings, manifest = uninterrupted
     fs = env["fs"]
@@ -84,6 +85,7 @@ def test_output_on_s3_reads_back_and_nothing_is_local(env, uninterrupted):
     assert len(read_rows(fs, settings.output)) == WORLD_ROWS
 
 
+@pytest.mark.slow
 def test_resume_on_s3_after_the_job_is_killed_part_way(env, uninterrupted, tmp_path):
     """`python -m pipelines.bootstrap` with its own Ray, killed with SIGKILL once some shards are
     committed; --resume leaves those objects as they were (no shard written twice), does the rest,

@@ -23,3 +23,12 @@ def test_each_command_module_registers(name):
 
     module = importlib.import_module(f"capfilt.commands.{name}")
     assert callable(module.register)
+
+
+def test_a_listed_command_without_its_module_is_an_error():
+    import typer
+
+    from capfilt.cli import _register_all
+
+    with pytest.raises(ModuleNotFoundError, match=r"'no_such_command'.*capfilt\.commands\.no_such_command"):
+        _register_all(["no_such_command"], typer.Typer())

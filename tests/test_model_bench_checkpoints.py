@@ -13,6 +13,7 @@ from model.checkpoint import load_checkpoint
 from model.config import preset
 
 
+@pytest.mark.slow
 def test_bert_layout_ids():
     tok = bert_layout_tokenizer()
     assert tok.vocab_size == 30524
@@ -25,6 +26,7 @@ def folders(tmp_path_factory):
     return make_blip_checkpoints(tmp_path_factory.mktemp("bench") / "ckpt", "tiny", image_size=64)
 
 
+@pytest.mark.slow
 def test_capfilt_and_transformers_read_the_same_folders(folders):
     cap, filt = load_checkpoint(folders["captioner"]), load_checkpoint(folders["filter"])
     assert (cap.kind, filt.kind) == ("blip-caption", "blip-itm")

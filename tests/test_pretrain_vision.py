@@ -25,6 +25,7 @@ def _classes():
     return {name: len(values) for name, values in PATCH_LABELS.items()}
 
 
+@pytest.mark.slow
 def test_warm_up_fits_a_fixed_batch_and_moves_only_the_vit():
     torch.manual_seed(0)
     med = MED(preset("tiny", vocab_size=128))

@@ -65,6 +65,7 @@ def resumed(world):
     return {"out": out, "stopped": stopped, "before": before}
 
 
+@pytest.mark.slow
 def test_stop_writes_markers_up_to_the_step_only(resumed):
     stopped = resumed["stopped"]["rounds"]
     assert [e["round"] for e in stopped] == [0]
@@ -72,6 +73,7 @@ def test_stop_writes_markers_up_to_the_step_only(resumed):
     assert not stopped[0]["complete"]
 
 
+@pytest.mark.slow
 def test_resume_does_not_redo_finished_steps(resumed):
     out, before = resumed["out"], resumed["before"]
     after = mtimes(out / "round_0")
@@ -88,6 +90,7 @@ def test_resume_does_not_redo_finished_steps(resumed):
         assert final[0]["steps"][step] == record
 
 
+@pytest.mark.slow
 def test_two_rounds_every_artefact_kept_and_described(resumed):
     out = resumed["out"]
     rounds = json.loads((out / ROUNDS_FILE).read_text())
@@ -125,6 +128,7 @@ def test_two_rounds_every_artefact_kept_and_described(resumed):
     assert "Metrics across rounds" in page and "round 2" in page
 
 
+@pytest.mark.slow
 def test_the_web_is_fetched_once_for_every_round(resumed, world):
     # two rounds of CapFilt, and every URL of the web was asked for once: in round 0's fetch
     requests = world["server"].web_requests
@@ -132,6 +136,7 @@ def test_the_web_is_fetched_once_for_every_round(resumed, world):
     assert set(requests.values()) == {1}, {k: n for k, n in requests.items() if n != 1}
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(resumed, world):
     assert main(args(world, resumed["out"], "--resume", "--pretrain-lr", "0.001")) == 1
 

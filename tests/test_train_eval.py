@@ -57,16 +57,12 @@ def test_load_split_groups_captions_by_image(split):
 
 
 def test_evaluate_a_random_tiny_checkpoint(split, tmp_path):
-    from model.checkpoint import save_checkpoint
-    from model.config import preset
-    from model.med import MED
+    from model.random_init import save_random_checkpoint
     from model.tokenizer import train_wordpiece
     from pipelines.train.evaluate import evaluate
 
     tok = train_wordpiece(["shape 0 one two 1 2 a picture of"] * 4, vocab_size=64)
-    config = preset("tiny", image_size=32, vocab_size=tok.vocab_size, tokens=tok.ids, vision_layers=1, text_layers=1)
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "ckpt", MED(config), tok)
+    save_random_checkpoint(tmp_path / "ckpt", "tiny", tok, seed=0, image_size=32, vision_layers=1, text_layers=1)
     out = tmp_path / "eval.json"
     result = evaluate(EvaluateSettings(checkpoint=tmp_path / "ckpt", data=[str(split)], output=out, k_test=4,
                                        decoding="greedy", max_length=8, min_length=1))

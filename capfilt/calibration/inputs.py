@@ -31,10 +31,10 @@ import pyarrow.parquet as pq
 
 from capfilt.calibration.curve import CalibrationError
 from pipelines.bootstrap.layout import DONE, MANIFEST, PARQUET, WORK, OutputLayout
+from pipelines.bootstrap.schema import OK
 from pipelines.bootstrap.shard_output import wds_key
 from pipelines.bootstrap.storage import Storage
 
-OK = "ok"  # the bootstrap's status of a row that was downloaded, captioned and scored
 CLEAN_NOISE_KINDS = frozenset({"correct", "clean"})
 WORLD_LABELS = "web_labels.parquet"
 # What a report or a calibration needs of each row; the image bytes are read apart, for few rows.

@@ -115,11 +115,7 @@ def toy_caption_corpus() -> list[str]:
 
 def init_model(settings: ModelInitSettings) -> dict[str, Any]:
     """Write a random-init checkpoint; returns what `model info` would print."""
-    import torch
-
-    from model.checkpoint import save_checkpoint
-    from model.config import preset
-    from model.med import MED
+    from model.random_init import save_random_checkpoint
     from model.tokenizer import TextTokenizer, train_wordpiece
 
     out = settings.output
@@ -129,19 +125,14 @@ def init_model(settings: ModelInitSettings) -> dict[str, Any]:
         tokenizer = TextTokenizer.load(settings.tokenizer)
     else:
         tokenizer = train_wordpiece(toy_caption_corpus(), vocab_size=settings.vocab_size)
-    changes: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, "tokens": tokenizer.ids}
+    changes: dict[str, Any] = {}
     if settings.image_size is not None:
         changes["image_size"] = settings.image_size
     if settings.position_init is not None:
         changes["position_init"] = settings.position_init
-    config = preset(settings.preset, **changes)
-    if config.image_size % config.patch_size:
-        raise ValueError(f"image size {config.image_size} is not a multiple of the patch size {config.patch_size}")
-    torch.manual_seed(settings.seed)
-    med = MED(config)
     extra = {"created_by": "capfilt model init", "seed": settings.seed, "roles": ["captioner", "filter"],
              "settings": json.loads(settings.model_dump_json())}
-    save_checkpoint(out, med, tokenizer, extra=extra)
+    save_random_checkpoint(out, settings.preset, tokenizer, seed=settings.seed, extra=extra, **changes)
     return model_info(out)
 
 

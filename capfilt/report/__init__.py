@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from capfilt.report.data import ReportData, gather, read_rounds
 from capfilt.report.page import render
 from capfilt.report.settings import ReportSettings
+from model.atomic_write import replace_file
 
 __all__ = ["ReportData", "ReportSettings", "build_report", "gather", "read_rounds", "render", "write_report"]
 
@@ -26,9 +26,4 @@ def build_report(settings: ReportSettings) -> str:
 def write_report(settings: ReportSettings) -> Path:
     """Writes the page (atomically: a reader never sees half of it) and returns its path."""
     page = build_report(settings)
-    path = settings.output_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return replace_file(settings.output_path, page)

@@ -14,6 +14,7 @@ from typing import Any
 
 from capfilt.report import plots
 from capfilt.report.data import Caption, Example, ReportData
+from pipelines.bootstrap.schema import OK
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -93,7 +94,7 @@ def _plot(uri: str, alt: str) -> str:
 
 
 def _summary(data: ReportData) -> str:
-    ok = data.status.get("ok", 0)
+    ok = data.status.get(OK, 0)
     rows = [["rows", data.rows], ["rows ok (scored)", ok],
             ["web captions kept", f"{data.kept_web} of {ok}"],
             ["synthetic captions kept", f"{data.kept_synthetic} of {data.synthetic_total}"],
@@ -108,7 +109,7 @@ def _summary(data: ReportData) -> str:
 
 def _examples(data: ReportData) -> str:
     if not data.examples:
-        why = "No row was downloaded and scored." if not data.status.get("ok") else "No examples asked for."
+        why = "No row was downloaded and scored." if not data.status.get(OK) else "No examples asked for."
         return _section("examples", "Examples", f'<p class="note">{why}</p>')
     intro = ('<p class="note">Each image with its web caption and its synthetic captions; '
              '<span class="caption kept">✓ green: kept</span> '

@@ -25,6 +25,7 @@ from capfilt.world.scene import Scene, sample_scene
 from capfilt.world.settings import WorldMakeSettings
 from capfilt.world.splits import clean_rows, format_plan, web_rows
 from capfilt.world.tasks import clip_rows, clip_scene, dialog_rows, nlvr2_rows, vqa_rows
+from model.atomic_write import swap_in
 
 EVAL_CAPTIONS = 5
 RENDER_CHUNK = 500
@@ -165,7 +166,5 @@ def make_world(s: WorldMakeSettings) -> dict[str, Any]:
     (tmp / layout.SETTINGS).write_text(json.dumps(s.recorded(), indent=2, sort_keys=True) + "\n")
     (tmp / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    swap_in(tmp, out)  # an old world stays whole until the new one takes its place
     return manifest

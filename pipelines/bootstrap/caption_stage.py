@@ -20,11 +20,7 @@ from pipelines.bootstrap.stage_guard import guarded
 
 
 def generation_settings(settings: BootstrapSettings) -> GenerationSettings:
-    return GenerationSettings(
-        num_captions=max(settings.num_captions, 1), decoding=settings.decoding, top_k=settings.top_k, top_p=settings.top_p,
-        temperature=settings.temperature, min_length=settings.min_length, max_length=settings.max_length,
-        repetition_penalty=settings.repetition_penalty, num_beams=settings.num_beams, prompt=settings.prompt,
-    )
+    return settings.generation
 
 
 class CaptionStage(CheckpointStage):

@@ -11,8 +11,6 @@ local instance for the run and stops it afterwards. A Ray already initialised by
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,21 +25,14 @@ from pipelines.bootstrap.graph import build_graph
 from pipelines.bootstrap.input_plan import input_fingerprint, plan_input
 from pipelines.bootstrap.layout import RUN_FILE, OutputLayout
 from pipelines.bootstrap.manifest import build_manifest, summary_table, write_manifest
-from pipelines.bootstrap.settings import BootstrapSettings
+from pipelines.bootstrap.settings import OPERATIONAL, BootstrapSettings
+from pipelines.ray_session import start_or_join_ray
+from pipelines.run_folder import check_run_folder, result_settings
 from pipelines.progress import Progress
-
-# Settings that change how the work runs but not what it produces; a resumed run may change them.
-OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor",
-               "cpus_per_actor", "batch_size", "download_threads", "download_batch_size", "download_cpus",
-               "storage_options", "stage_retries", "progress_seconds"}
 
 
 class BootstrapError(RuntimeError):
     """The job cannot start or did not account for every row."""
-
-
-def _result_settings(settings: BootstrapSettings) -> dict[str, Any]:
-    return settings.model_dump(mode="json", exclude=OPERATIONAL)
 
 
 def prepare_output(settings: BootstrapSettings, layout: OutputLayout, fingerprint: str) -> dict[str, Any]:
@@ -50,19 +41,11 @@ def prepare_output(settings: BootstrapSettings, layout: OutputLayout, fingerprin
     storage = layout.storage
     if settings.overwrite and not storage.is_empty():
         storage.remove_tree("")
-    run = {"input": fingerprint, "settings": _result_settings(settings)}
-    if not storage.is_empty():
-        if not settings.resume:
-            raise BootstrapError(f"output {settings.output} is not empty: pass --resume to finish it or --overwrite")
-        if not storage.exists(RUN_FILE):
-            raise BootstrapError(f"output {settings.output} holds no bootstrap run to resume")
-        previous = json.loads(storage.get(RUN_FILE))
-        if previous.get("input") != fingerprint:
-            raise BootstrapError("--resume: the input is not the one the first run planned")
-        changed = sorted(k for k, v in run["settings"].items() if previous["settings"].get(k) != v)
-        if changed:
-            raise BootstrapError(f"--resume: settings that change the output differ from the first run: {changed}")
-        run = previous
+    run = {"input": fingerprint, "settings": result_settings(settings, OPERATIONAL)}
+    check_run_folder(storage, RUN_FILE, run, resume=settings.resume, job="bootstrap", error=BootstrapError,
+                     not_empty="pass --resume to finish it or --overwrite")
+    if settings.resume and storage.exists(RUN_FILE):
+        run = json.loads(storage.get(RUN_FILE))  # the first start's record: its plan and checkpoints too
     storage.make_root()
     layout.clear_uncommitted()
     storage.put(RUN_FILE, json.dumps(run, sort_keys=True).encode())
@@ -70,21 +53,10 @@ def prepare_output(settings: BootstrapSettings, layout: OutputLayout, fingerprin
 
 
 def _init_ray(settings: BootstrapSettings) -> bool:
-    """Join or start Ray; True when this call started it (and must stop it)."""
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return True
-    # A local instance gets at least the logical CPUs the graph asks for: each actor holds its
-    # CPUs for its lifetime, and on a small machine the download, write and assembly tasks would
-    # otherwise never find room and the graph would stall. ("local": never join a stray cluster.)
+    """Join or start Ray (pipelines/ray_session.py); True when this call started it (and must stop it)."""
+    # the graph's actors, and room beside them for the download, write and assembly tasks
     actors = 0 if settings.download_only else (settings.captioner_actors + settings.filter_actors)
-    wanted = actors * settings.cpus_per_actor + settings.download_cpus + 3 * IO_TASK_CPUS
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
-             log_to_driver=False)
-    return True
+    return start_or_join_ray(actors * settings.cpus_per_actor + settings.download_cpus + 3 * IO_TASK_CPUS)
 
 
 def _log_to_stderr(line: str) -> None:

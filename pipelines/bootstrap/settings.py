@@ -9,12 +9,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from model.generation_settings import GenerationSettings, generation_field
+
 # img2dataset's default opt-out directives (downloader.py): a response whose X-Robots-Tag carries
 # one of these is not used.
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 
 InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "img2dataset"]
 ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
+
+
+# Settings that change how the work runs but not what it produces: a resumed run may change them
+# (pipelines/run_folder.py), in `capfilt bootstrap` and in the rounds loop's bootstrap section.
+OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor",
+               "cpus_per_actor", "batch_size", "download_threads", "download_batch_size", "download_cpus",
+               "storage_options", "stage_retries", "progress_seconds"}
 
 
 class BootstrapSettings(BaseModel):
@@ -92,18 +101,18 @@ class BootstrapSettings(BaseModel):
     num_gpus_per_actor: float = Field(0.0, ge=0, le=8, description="GPUs per caption/filter actor.")
     cpus_per_actor: float = Field(1.0, gt=0, le=64, description="CPUs per caption/filter actor.")
     batch_size: int = Field(16, ge=1, le=4096, description="Images per caption/filter batch.")
-    num_captions: int = Field(1, ge=0, le=64, description="Synthetic captions per image (K).")
-    decoding: Literal["nucleus", "beam"] = Field("nucleus", description="Nucleus sampling or beam search.")
-    top_k: int = Field(50, ge=0, le=1_000_000, description="Sample from the k most likely tokens, renormalised, "
-                                                          "before top-p; BLIP's (transformers' default). 0 = off.")
-    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
-    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
-    min_length: int = Field(10, ge=0, le=512, description="Tokens before a caption may end, prompt included.")
-    max_length: int = Field(30, ge=2, le=512, description="Tokens at most, prompt included.")
-    repetition_penalty: float | None = Field(None, ge=1, le=10, description="Penalty on repeated tokens; "
-                                                                           "default BLIP's: 1.1 nucleus, 1.0 beam.")
-    num_beams: int = Field(3, ge=1, le=64, description="Beams for --decoding beam.")
-    prompt: str = Field("a picture of ", description="Text the captioner continues.")
+    # generation knobs: bounds, defaults and descriptions from model/generation_settings.py; only
+    # num_captions differs, as 0 (no synthetic caption, the web caption filtered alone) is allowed here
+    num_captions: int = Field(1, ge=0, le=64, description="Synthetic captions per image (K); 0 = none.")
+    decoding: Literal["nucleus", "beam"] = generation_field("decoding")
+    top_k: int = generation_field("top_k")
+    top_p: float = generation_field("top_p")
+    temperature: float = generation_field("temperature")
+    min_length: int = generation_field("min_length")
+    max_length: int = generation_field("max_length")
+    repetition_penalty: float | None = generation_field("repetition_penalty")
+    num_beams: int = generation_field("num_beams")
+    prompt: str = generation_field("prompt")
     seed: int = Field(0, ge=0, description="A caption depends only on (seed, row key).")
 
     # -- filter ----------------------------------------------------------------------------
@@ -147,14 +156,18 @@ class BootstrapSettings(BaseModel):
             raise ValueError("captioner and filter checkpoints are required (or pass --download-only)")
         if not self.output.strip():
             raise ValueError("output is empty")
-        if self.min_length > self.max_length:
-            raise ValueError(f"min_length {self.min_length} exceeds max_length {self.max_length}")
-        if self.decoding == "beam" and self.num_beams < self.num_captions:
-            raise ValueError(f"beam search gives at most num_beams ({self.num_beams}) captions, "
-                             f"asked for {self.num_captions}")
+        self.generation  # min <= max length, beams >= captions: checked where generation is defined
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
         return self
+
+    @property
+    def generation(self) -> GenerationSettings:
+        """What the caption stage generates with."""
+        return GenerationSettings.check(
+            num_captions=max(self.num_captions, 1), decoding=self.decoding, top_k=self.top_k, top_p=self.top_p,
+            temperature=self.temperature, min_length=self.min_length, max_length=self.max_length,
+            repetition_penalty=self.repetition_penalty, num_beams=self.num_beams, prompt=self.prompt)
 
     @property
     def disallowed_directives(self) -> frozenset[str]:

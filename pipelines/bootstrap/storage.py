@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 import fsspec
 
+from model.atomic_write import replace_file
+
 LOCAL_PROTOCOLS = {"file", "local"}
 
 
@@ -73,13 +75,7 @@ class Storage:
     def put(self, rel: str, data: bytes) -> None:
         path = self.path(rel)
         if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = posixpath.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic on POSIX: the old name absent or the whole file
+            replace_file(path, data)  # the old name absent or the whole file
         else:
             self.fs.pipe_file(path, data)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
+
+from model.atomic_write import replace_file
+from pipelines.bootstrap.schema import OK
 
 ROUNDS_FILE = "rounds.json"
 RUN_FILE = "run.json"  # settings and input fingerprints of the first start, for --resume
@@ -21,10 +23,7 @@ HEADLINE = ("tr@1", "ir@1", "tr@5", "ir@5", "bleu4", "cider")
 
 def write_json(path: Path, value: Any) -> None:
     """Atomically: a reader (or a resumed run) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
 def _file_digest(path: Path) -> str:
@@ -51,21 +50,6 @@ def fingerprint(path: str) -> dict[str, Any]:
     return {"path": path, "sha256": outer.hexdigest(), "files": len(files)}
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: to name the settings that changed."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: value}
-
-
-def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    a, b = flatten(before), flatten(after)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-
-
 def marker_path(root: Path, r: int, step: str) -> Path:
     return root / f"round_{r}" / f"{step}.done.json"
 
@@ -87,7 +71,7 @@ def round_metrics(steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
             metrics[k] = ev["caption"][k]
     boot = steps.get("bootstrap", {}).get("counts")
     if boot:
-        ok = boot["status"].get("ok", 0)
+        ok = boot["status"].get(OK, 0)
         metrics["bootstrap_ok_images"] = ok
         metrics["bootstrap_kept_web_share"] = boot["kept"]["web"] / ok if ok else None
         metrics["bootstrap_kept_synthetic_share"] = (boot["kept"]["synthetic"] / boot["synthetic_captions"]

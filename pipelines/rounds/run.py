@@ -18,17 +18,19 @@ the whole loop (every job reuses it) and stops it at the end.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.progress import Progress
-from pipelines.rounds.record import (ROUNDS_FILE, RUN_FILE, build_rounds, changed_keys, fingerprint,
+from pipelines.bootstrap.storage import Storage
+from pipelines.ray_session import start_or_join_ray
+from pipelines.rounds.record import (ROUNDS_FILE, RUN_FILE, build_rounds, fingerprint,
                                      marker_path, read_marker, write_json)
-from pipelines.rounds.settings import RoundsSettings
+from pipelines.rounds.settings import MAY_CHANGE_ON_RESUME, RoundsSettings
+from pipelines.run_folder import check_run_folder
+
 
 class RoundsError(RuntimeError):
     """The loop cannot start (or go on) as asked; the message says why and what to do."""
@@ -68,23 +70,11 @@ class Loop:
             if missing:
                 raise RoundsError(f"{name}: path not found: {', '.join(missing)}")
         run = {"settings": self.s.result_settings(), "inputs": inputs}
-        state = self.root / RUN_FILE
-        if self.root.exists() and any(self.root.iterdir()):
-            if not self.s.resume:
-                raise RoundsError(f"output {self.root} is not empty: pass --resume to finish the run it holds, "
-                                  f"or name another folder")
-            if not state.is_file():
-                raise RoundsError(f"output {self.root} holds no rounds run to resume ({RUN_FILE} is missing)")
-            previous = json.loads(state.read_text())
-            changed_inputs = changed_keys(previous["inputs"], inputs)
-            if changed_inputs:
-                raise RoundsError(f"--resume: the inputs differ from the first run's: {changed_inputs}")
-            # more rounds may be asked of a finished run: the loop goes on from its last round
-            changed = [k for k in changed_keys(previous["settings"], run["settings"]) if k != "rounds"]
-            if changed:
-                raise RoundsError(f"--resume: settings that change the output differ from the first run: {changed}")
+        check_run_folder(Storage(str(self.root)), RUN_FILE, run, resume=self.s.resume, job="rounds", error=RoundsError,
+                         not_empty="pass --resume to finish the run it holds, or name another folder",
+                         may_change=MAY_CHANGE_ON_RESUME)
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json(state, run)
+        write_json(self.root / RUN_FILE, run)
         return run
 
     # -- steps -----------------------------------------------------------------------------
@@ -199,19 +189,9 @@ class Loop:
 
 def _start_ray(settings: RoundsSettings) -> bool:
     """Join RAY_ADDRESS, or start a local Ray sized for the largest job; True when started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-        return True
     b = settings.bootstrap
-    wanted = max(settings.num_workers * settings.cpus_per_worker + 1,
-                 (b.captioner_actors + b.filter_actors) * b.cpus_per_actor + b.download_cpus + 1)
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
-             log_to_driver=False)
-    return True
+    return start_or_join_ray(max(settings.num_workers * settings.cpus_per_worker + 1,
+                                 (b.captioner_actors + b.filter_actors) * b.cpus_per_actor + b.download_cpus + 1))
 
 
 def run_rounds(settings: RoundsSettings, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from pipelines.bootstrap.settings import OPERATIONAL as BOOTSTRAP_OPERATIONAL
 from pipelines.bootstrap.settings import BootstrapSettings
 from pipelines.train.settings import EvaluateSettings, FinetuneSettings, JobSettings, TrainSettings
 
@@ -67,6 +68,9 @@ SECTIONS: dict[str, type[BaseModel]] = {
 
 # Settings that change how the loop runs but not what it makes: a resumed run may change them.
 OPERATIONAL = {"output", "resume", "stop_after", "labels"}
+# What a resumed run may change besides: more rounds (the loop goes on from its last one), and the
+# bootstrap section's knobs that `capfilt bootstrap --resume` itself lets change.
+MAY_CHANGE_ON_RESUME = {"rounds", *(f"bootstrap.{k}" for k in BOOTSTRAP_OPERATIONAL if k not in LOOP_OWNED["bootstrap"])}
 
 
 class RoundsSettings(BaseModel):

@@ -149,13 +149,9 @@ def recall_at(i2t: torch.Tensor, t2i: torch.Tensor, owner: list[int]) -> dict[st
 
 def generate(med, tokenizer, pixels: torch.Tensor, settings: EvaluateSettings, seeds: Sequence[int],
              batch_size: int = 32) -> list[str]:
-    from model.generation import GenerationSettings, generate_captions
+    from model.generation import generate_captions
 
-    gen = GenerationSettings(
-        decoding="nucleus" if settings.decoding == "nucleus" else "beam",
-        num_beams=1 if settings.decoding == "greedy" else settings.num_beams,
-        top_k=settings.top_k, top_p=settings.top_p, max_length=settings.max_length, min_length=settings.min_length, prompt=settings.prompt,
-    )
+    gen = settings.generation
     out: list[str] = []
     for start in range(0, pixels.shape[0], batch_size):
         rows = generate_captions(med, tokenizer, pixels[start : start + batch_size],

@@ -16,11 +16,12 @@ folder holds:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from model.atomic_write import replacing_folder
+from pipelines.ray_session import start_or_join_ray
 from pipelines.train.data import DataError, decoded_dataset, pair_dataset, resolve_sources, scan_pairs
 from pipelines.train.metrics import read_metrics
 from pipelines.train.optim import steps_per_epoch as steps_per_epoch_of
@@ -34,17 +35,10 @@ ROLES = {"pretrain": ["captioner", "filter"], "caption": ["captioner"], "filter"
 
 
 def ensure_ray(settings: TrainSettings) -> None:
-    """Join the cluster that RAY_ADDRESS names, or start a local Ray with room for the workers
-    and for Ray Data's read and decode tasks beside them."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    needed = settings.num_workers * settings.cpus_per_worker + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False)
+    """Join the cluster that RAY_ADDRESS names, or start a local Ray (never a stray cluster:
+    pipelines/ray_session.py) with room for the workers and for Ray Data's tasks beside them.
+    Workers' output is shown, as before; a Ray started here ends with the process."""
+    start_or_join_ray(settings.num_workers * settings.cpus_per_worker + 1, log_to_driver=True)
 
 
 def prepare_init(settings: TrainSettings, captions: list[str]) -> Path | str:
@@ -59,20 +53,15 @@ def prepare_init(settings: TrainSettings, captions: list[str]) -> Path | str:
     init = settings.output / INIT_DIR
     if (init / "config.json").is_file():
         return init
-    import torch
-
-    from model.checkpoint import save_checkpoint
     from model.config import preset
-    from model.med import MED
+    from model.random_init import save_random_checkpoint
     from model.tokenizer import train_wordpiece
 
     base = preset(settings.preset)
     tokenizer = train_wordpiece(captions, vocab_size=base.vocab_size)
-    config = base.replace(vocab_size=tokenizer.vocab_size, tokens=tokenizer.ids,
-                          image_size=settings.image_size or base.image_size)
-    torch.manual_seed(settings.seed)
-    save_checkpoint(init, MED(config), tokenizer, extra={"roles": ROLES["pretrain"], "initialised": "random",
-                                                          "seed": settings.seed})
+    save_random_checkpoint(init, settings.preset, tokenizer, seed=settings.seed,
+                           image_size=settings.image_size or base.image_size,
+                           extra={"roles": ROLES["pretrain"], "initialised": "random", "seed": settings.seed})
     return init
 
 
@@ -133,12 +122,9 @@ def run_training(settings: TrainSettings, *, fault: dict[str, Any] | None = None
     final = settings.output / MODEL_DIR
     with result.checkpoint.as_directory() as directory:
         source = Path(directory) / MODEL_DIR
-        tmp = settings.output / f".{MODEL_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
-        _set_roles(tmp, ROLES[settings.task])
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with replacing_folder(final) as tmp:  # the previous model stays until this one replaces it
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            _set_roles(tmp, ROLES[settings.task])
     records = read_metrics(settings.output)
     done = [r for r in records if r.get("event") == "done"]
     return {"output": str(settings.output), "model": str(final), "checkpoint": result.checkpoint.path,

@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipelines.bootstrap.schema import OK
+
 IMAGE_BYTE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "image_bytes")
 IMAGE_PATH_COLUMNS = ("image_path", "file", "file_name", "filepath", "image_file")
 KEY_COLUMNS = ("key", "image_id", "__key__", "id")
-OK_STATUSES = {"ok", "success", None}
+OK_STATUSES = {OK, "success", None}
 
 PAIR_COLUMNS = ("image", "caption", "image_key")
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from model.generation_settings import EVALUATION, GenerationSettings, generation_field
 from model.hub import looks_resolvable
 
 Task = Literal["pretrain", "caption", "filter"]
@@ -48,7 +49,7 @@ class JobSettings(BaseModel):
     crop_scale_min: float = Field(0.8, gt=0, le=1.0, description="Smallest area share of the random resized crop "
                                   "(1.0: no crop). Captions name places and sizes: keep it mild.")
     max_text_len: int | None = Field(None, ge=4, le=512, description="Token limit of captions; default the model's.")
-    prompt: str = Field("a picture of ", description="Captioner prompt (caption task), masked out of the LM loss.")
+    prompt: str = generation_field("prompt", description="Captioner prompt (caption task), masked out of the LM loss.")
     queue_size: int | None = Field(None, ge=0, description="ITC feature queue length; default the task's.")
     label_smoothing: float = Field(0.1, ge=0, lt=1.0, description="LM label smoothing (BLIP: 0.1). It leaves "
                                    "1 - eps on the right token, so nucleus sampling at top-p >= 1 - eps dips "
@@ -145,14 +146,15 @@ class EvaluateSettings(BaseModel):
     k_test: int = Field(16, ge=1, le=1024, description="ITM re-ranks the ITC top k.")
     batch_size: int = Field(32, ge=1, le=4096)
     max_images: int | None = Field(None, ge=1, description="Evaluate on the first this many images only.")
-    decoding: Literal["beam", "nucleus", "greedy"] = Field("beam", description="Caption decoding.")
-    num_beams: int = Field(3, ge=1, le=64)
-    top_k: int = Field(50, ge=0, le=1_000_000, description="Nucleus: the k most likely tokens, renormalised, "
-                                                          "before top-p (BLIP's); 0 = off.")
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_length: int = Field(20, ge=1, le=512)
-    min_length: int = Field(5, ge=0, le=512)
-    prompt: str = Field("a picture of ")
+    # generation knobs: bounds and descriptions from model/generation_settings.py, defaults its
+    # EVALUATION (BLIP's captioning evaluation); greedy is beam search with one beam
+    decoding: Literal["beam", "nucleus", "greedy"] = Field(EVALUATION.decoding, description="Caption decoding.")
+    num_beams: int = generation_field("num_beams", default=EVALUATION.num_beams)
+    top_k: int = generation_field("top_k", default=EVALUATION.top_k)
+    top_p: float = generation_field("top_p", default=EVALUATION.top_p)
+    max_length: int = generation_field("max_length", default=EVALUATION.max_length)
+    min_length: int = generation_field("min_length", default=EVALUATION.min_length)
+    prompt: str = generation_field("prompt", default=EVALUATION.prompt)
     pre_caption: bool = Field(True, description="Clean the retrieval texts as BLIP's pre_caption (its retrieval "
                                                 "evaluation does); caption references are left as written.")
     caption_max_words: int = Field(30, ge=1, le=10_000, description="Words pre_caption keeps (BLIP: 30).")
@@ -162,9 +164,16 @@ class EvaluateSettings(BaseModel):
     def _coherent(self) -> "EvaluateSettings":
         if not self.checkpoint.is_dir():
             raise ValueError(f"checkpoint: folder not found: {self.checkpoint}")
-        if self.min_length > self.max_length:
-            raise ValueError(f"min_length {self.min_length} exceeds max_length {self.max_length}")
+        self.generation  # min <= max length: checked where generation is defined
         downstream = [t for t in self.tasks if t in DOWNSTREAM_TASKS]
         if downstream and len(self.tasks) > 1:
             raise ValueError(f"tasks: {downstream[0]} reads its own task data; evaluate it alone (got {self.tasks})")
         return self
+
+    @property
+    def generation(self) -> GenerationSettings:
+        """What the captioning evaluation generates with (one caption per image)."""
+        return GenerationSettings.check(
+            decoding="nucleus" if self.decoding == "nucleus" else "beam",
+            num_beams=1 if self.decoding == "greedy" else self.num_beams, top_k=self.top_k, top_p=self.top_p,
+            max_length=self.max_length, min_length=self.min_length, prompt=self.prompt)
