@@ -11,7 +11,7 @@ person reading the driver's output or `ray job logs` sees where the job stands (
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import ray
