@@ -2,7 +2,6 @@
 that each test makes (random init + noise, save_pretrained / torch.save)."""
 
 import argparse
-import re
 
 import pytest
 import torch
