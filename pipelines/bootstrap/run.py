@@ -11,6 +11,7 @@ local instance for the run and stops it afterwards. A Ray already initialised by
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -117,12 +118,21 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
             committer = Committer(layout, {s.shard: s.rows for s in pending}, plan.extra_schema,
                                   settings.download_only, settings.parquet_images, progress)
             graph = build_graph(plan, pending, settings_for_graph, stages)
-            for batch in graph.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if sources and run.get("checkpoints") is None:  # at the first rows (hashes usually done by then)
-                    run = _record_checkpoints(layout, run, hashes)
-                for record in batch.to_pylist():
-                    committer.add(record)
-                committer.harvest()
+            try:
+                for batch in graph.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    if sources and run.get("checkpoints") is None:  # at the first rows (hashes usually done by then)
+                        run = _record_checkpoints(layout, run, hashes)
+                    for record in batch.to_pylist():
+                        committer.add(record)
+                    committer.harvest()
+            except Exception as exc:  # noqa: BLE001 - re-raised unless the output could not be written
+                written = _output_error(exc)
+                if written is None:
+                    raise
+                # a part that cannot be written (a full disk): what finished is committed, the
+                # rest is named with the reason in one line, not Ray's traceback per task
+                committer.harvest(wait_all=True)
+                committer.failed.update({shard: written for shard in committer.planned if shard not in committer.failed})
             committer.harvest(wait_all=True)
             progress.close()
             if committer.failed:
@@ -174,3 +184,16 @@ def _checkpoint_hash(path: Any) -> str:
     from model.checkpoint import checkpoint_hash
 
     return checkpoint_hash(path)
+
+
+def _output_error(exc: BaseException) -> str | None:
+    """"OSError: [Errno 28] No space left on device" when `exc` (a Ray task's failure, however
+    wrapped) comes from an OSError of the task's own; None for any other failure."""
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return f"{type(current).__name__}: {current}"[:500]
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    found = re.search(r"(OSError: \[Errno \d+\][^\n]*)", str(exc))  # Ray pickles the text, not the chain
+    return found.group(1)[:500] if found else None
