@@ -1,12 +1,16 @@
 """BLIP's Table 1 (and the noise ratios of Table 2) in miniature, on the toy world.
 
     python benchmarks/capfilt_ablation.py --output capfilt_ablation.json [--seeds 0 1 2] \
-        [--vision-steps 5000 | --pretrain-init DIR] \
+        [--vision-steps 2500 | --pretrain-init DIR] [--tasks-output tasks.json] \
         [--pretrain-steps 300 --finetune-steps 150 --caption-steps 60 --web-size 600 ...]
+    # seeds run apart (in parallel, each with its own --work), then one table:
+    python benchmarks/capfilt_ablation.py --output capfilt_ablation.json --merge s0.json s1.json s2.json
 
-Per seed: a tiny model's ViT is warmed up on labelled toy pictures (`capfilt model pretrain-vision`,
-the toy world's stand-in for BLIP's ImageNet start; --pretrain-init gives one ready-made, shared by
-the seeds); the raw web is downloaded from the served world; a model pre-trained from it on human +
+The pipeline is benchmarks/toy_recipe.py's, shared with benchmarks/tasks.py. Per seed: a world
+with its task files and a tokenizer over its texts; a tiny model's ViT is warmed up on labelled
+toy pictures (`capfilt model pretrain-vision`, the toy world's stand-in for BLIP's ImageNet start;
+--pretrain-init gives one ready-made, shared by the seeds); the raw web is downloaded from the
+served world; a model pre-trained from it on human +
 raw web gives the captioner and the filter (fine-tuned on human), as in BLIP. Then the same
 pre-training budget (steps x batch, from the same warmed-up ViT) runs on human + each of five web
 datasets:
@@ -49,6 +53,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.tasks import TASK_MODELS, add_task_arguments, task_budget  # noqa: E402
+from benchmarks.toy_recipe import ToyRun, local_ray, make_task_world, served  # noqa: E402
 
 DATASETS = {
     "web": ("no", "no", "web as is"),
@@ -104,21 +111,6 @@ def synthetic_noise(world, folder: Path) -> dict[str, Any]:
             "distinct_per_image_kept": distinct_per_image(kept_pairs)}
 
 
-def warm_vision(work: Path, seed: int, steps: int) -> Path:
-    """A fresh tiny checkpoint whose ViT is warmed up on labelled toy pictures, as `make demo` does."""
-    from capfilt.cli import main as capfilt_main
-
-    init, warm = work / "init", work / "init-vision"
-    if (warm / "config.json").is_file():  # a resumed seed
-        return warm
-    for argv in (["model", "init", "--output", str(init), "--seed", str(seed), "--overwrite"],
-                 ["model", "pretrain-vision", str(init), "--output", str(warm), "--steps", str(steps),
-                  "--seed", str(seed), "--overwrite"]):
-        if capfilt_main(argv) != 0:
-            raise SystemExit(f"capfilt {' '.join(argv[:2])} failed")
-    return warm
-
-
 def distinct_per_image(pairs: list[tuple[str, str]]) -> float | None:
     """Distinct caption texts over the images they describe (1.0: no two images share one)."""
     images = {image for image, _ in pairs}
@@ -146,80 +138,63 @@ def web_counts(folder: Path) -> dict[str, int]:
             "synthetic": sum(sum(bool(k) for k in r["synthetic_kept"] or []) for r in rows)}
 
 
-def one_seed(args, world, urls: Path, work: Path, seed: int, log) -> dict[str, Any]:
-    from pipelines.bootstrap.run import run_bootstrap
-    from pipelines.bootstrap.settings import BootstrapSettings
+def one_seed(args, run: ToyRun) -> dict[str, Any]:
     from pipelines.train.evaluate import evaluate
-    from pipelines.train.job import run_training
-    from pipelines.train.settings import EvaluateSettings, TrainSettings
+    from pipelines.train.settings import EvaluateSettings
 
-    human, test = str(world.path("human")), str(world.path("test"))
-    common = dict(batch_size=args.batch_size, seed=seed, epochs=1000, log_every=50, checkpoint_every=100_000,
-                  keep_checkpoints=1, max_failures=0)
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn):
-        t = time.perf_counter()
-        value = fn()
-        timings[name] = round(time.perf_counter() - t, 1)
-        log(f"seed {seed}: {name} {timings[name]:.0f} s")
-        return value
-
-    def boot(out: Path, captioner: Path | None, filter_: Path | None, **changes) -> Path:
-        # images in the Parquet files too: rekeep() copies only those, and training reads the copies
-        values = dict(input=str(urls), output=out, captioner=captioner, filter=filter_, key_col="key",
-                      allow_private_hosts=True, timeout=2.0, image_size=64, shard_size=250, batch_size=32,
-                      min_length=5, max_length=20, seed=seed, threshold=args.threshold, resume=out.exists(),
-                      parquet_images=True)
-        run_bootstrap(BootstrapSettings(**{**values, **changes}), verbose=False)
-        return out
+    test, seed = str(run.world.path("test")), run.seed
 
     def pretrain(name: str, web: Path) -> Path:
-        out = work / name / "pretrain"
-        return Path(run_training(TrainSettings(task="pretrain", data=[human, str(web)], output=out, init=init,
-                                               max_steps=args.pretrain_steps, warmup_steps=max(1, args.pretrain_steps // 10),
-                                               lr=args.pretrain_lr,
-                                               **common))["model"])
+        return run.timed(f"pretrain_{name}", lambda: run.pretrain(name, web, init, steps=args.pretrain_steps,
+                                                                  lr=args.pretrain_lr))
 
-    def finetune(task: str, init: Path, out: Path, steps: int) -> Path:
+    def finetune(task: str, model: Path, out: Path, steps: int) -> Path:
         lr = args.caption_lr if task == "caption" else args.filter_lr
-        smoothing = dict(label_smoothing=args.caption_label_smoothing) if task == "caption" else {}
-        return Path(run_training(TrainSettings(task=task, data=[human], output=out, init=init, max_steps=steps,
-                                               lr=lr, warmup_steps=max(1, steps // 10), **smoothing, **common))["model"])
+        return run.finetune(task, model, out, steps=steps, lr=lr, label_smoothing=args.caption_label_smoothing)
 
-    init = args.pretrain_init or (timed("vision_warmup", lambda: warm_vision(work, seed, args.vision_steps))
+    init = args.pretrain_init or (run.timed("vision_warmup", lambda: run.warm_vision(args.vision_steps))
                                   if args.vision_steps > 0 else None)
-    raw = timed("fetch", lambda: boot(work / "raw", None, None, download_only=True))
+    raw = run.timed("fetch", run.fetch)
     # the captioner and the filter: from a model pre-trained on the noisy web, fine-tuned on human
-    base = timed("pretrain_base", lambda: pretrain("base", raw))
-    captioner = timed("finetune_captioner", lambda: finetune("caption", base, work / "captioner", args.finetune_steps))
-    filter_ = timed("finetune_filter", lambda: finetune("filter", base, work / "filter", args.finetune_steps))
-    fetched = dict(input=str(work / "raw"), key_col=None)  # the web fetched once, as `capfilt rounds` does
-    nucleus = timed("bootstrap_nucleus", lambda: boot(work / "nucleus", captioner, filter_, **fetched, num_captions=1,
-                                                        decoding="nucleus", top_k=args.top_k, top_p=args.top_p))
-    beam = timed("bootstrap_beam", lambda: boot(work / "beam", captioner, filter_, **fetched, num_captions=1,
-                                                  decoding="beam", num_beams=args.num_beams))
-    folders = {
-        "web": rekeep(raw, work / "d_web", "all", "none", args.threshold),
-        "web+filter": rekeep(nucleus, work / "d_filter", "filter", "none", args.threshold),
-        "web+captioner": rekeep(nucleus, work / "d_captioner", "all", "all", args.threshold),
-        "web+both_nucleus": nucleus,
-        "web+both_beam": beam,
+    base = pretrain("base", raw)
+    captioner = run.timed("finetune_captioner", lambda: finetune("caption", base, run.work / "captioner",
+                                                                 args.captioner_steps or args.finetune_steps))
+    filter_ = run.timed("finetune_filter", lambda: finetune("filter", base, run.work / "filter", args.finetune_steps))
+    nucleus = run.timed("bootstrap_nucleus", lambda: run.bootstrap_from_raw(
+        "nucleus", raw, captioner, filter_, decoding="nucleus", top_k=args.top_k, top_p=args.top_p))
+    beam = (run.timed("bootstrap_beam", lambda: run.bootstrap_from_raw("beam", raw, captioner, filter_, decoding="beam",
+                                                                       num_beams=args.num_beams))
+            if "web+both_beam" in args.datasets else None)
+    sources = {
+        "web": lambda: rekeep(raw, run.work / "d_web", "all", "none", args.threshold),
+        "web+filter": lambda: rekeep(nucleus, run.work / "d_filter", "filter", "none", args.threshold),
+        "web+captioner": lambda: rekeep(nucleus, run.work / "d_captioner", "all", "all", args.threshold),
+        "web+both_nucleus": lambda: nucleus,
+        "web+both_beam": lambda: beam,
     }
     results: dict[str, Any] = {}
-    for name, folder in folders.items():
-        model = timed(f"pretrain_{name}", lambda: pretrain(name, folder))
+    models: dict[str, Path] = {}
+    for name in args.datasets:
+        folder = sources[name]()
+        model = models[name] = pretrain(name, folder)
         retrieval = evaluate(EvaluateSettings(checkpoint=model, data=[test], tasks=["retrieval"],
                                               max_images=args.eval_images, seed=seed))["retrieval"]
-        cap = timed(f"caption_{name}", lambda: finetune("caption", model, work / name / "captioner", args.caption_steps))
+        cap = run.timed(f"caption_{name}", lambda: finetune("caption", model, run.work / name / "captioner",
+                                                            args.caption_steps))
         caption = evaluate(EvaluateSettings(checkpoint=cap, data=[test], tasks=["caption"], max_images=args.eval_images,
                                             max_length=20, min_length=3, seed=seed))["caption"]
         results[name] = {"tr@1": retrieval["tr@1"], "ir@1": retrieval["ir@1"], "tr@5": retrieval["tr@5"],
                          "ir@5": retrieval["ir@5"], "bleu4": caption["bleu4"], "cider": caption["cider"],
                          "pairs_from_web": web_counts(folder)}
-    noise = {"nucleus": synthetic_noise(world, nucleus), "beam": synthetic_noise(world, beam), "web": web_noise(world, nucleus)}
-    return {"seed": seed, "init": None if init is None else str(init), "datasets": results, "synthetic_noise": noise,
-            "seconds": timings}
+    noise = {"nucleus": synthetic_noise(run.world, nucleus), "web": web_noise(run.world, nucleus)}
+    if beam is not None:
+        noise["beam"] = synthetic_noise(run.world, beam)
+    out = {"seed": seed, "init": None if init is None else str(init), "datasets": results, "synthetic_noise": noise}
+    if args.tasks_output:
+        from benchmarks.tasks import seven
+
+        out["tasks"] = {label: seven(args, run, label, models[name]) for label, name in TASK_MODELS.items()}
+    return {**out, "seconds": run.timings}
 
 
 def spread(values: list[float]) -> tuple[float, float]:
@@ -229,7 +204,7 @@ def spread(values: list[float]) -> tuple[float, float]:
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, Any] = {}
-    for name in DATASETS:
+    for name in [d for d in DATASETS if all(d in s["datasets"] for s in per_seed)]:
         table[name] = {}
         for metric in METRICS:
             mean, half = spread([s["datasets"][name][metric] for s in per_seed])
@@ -252,6 +227,8 @@ def markdown(summary: dict[str, Any], seeds: list[int], budget: dict[str, Any]) 
              "| Bootstrap: C | F | dataset | TR@1 (zero-shot) | IR@1 (zero-shot) | CIDEr (fine-tuned) |",
              "|---|---|---|---|---|---|"]
     for name, (c, f, label) in DATASETS.items():
+        if name not in summary["table"]:
+            continue
         cells = [f"{100 * v['mean']:.1f} ± {100 * v['half_range']:.1f}" if m != "cider" else
                  f"{100 * v['mean']:.1f} ± {100 * v['half_range']:.1f}"
                  for m, v in summary["table"][name].items()]
@@ -283,83 +260,113 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("capfilt_ablation.json"))
     parser.add_argument("--markdown", type=Path, default=None, help="Table file (default: OUTPUT with .md).")
-    parser.add_argument("--work", type=Path, default=None, help="Folder for every artefact (default: temporary).")
+    parser.add_argument("--work", type=Path, default=None, help="Folder for every artefact (default: temporary); "
+                        "a run started again on it reuses its worlds.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="Run nothing: one table from these runs' JSON files (seeds run apart, e.g. in parallel).")
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS),
+                        help="Which of the five pre-training datasets to run (default: all).")
+    parser.add_argument("--tasks-output", type=Path, default=None,
+                        help="Also run BLIP's seven downstream tasks (benchmarks/tasks.py) on the models pre-trained "
+                             "on web as is and web + both (nucleus), and write their JSON here (and .md beside).")
     parser.add_argument("--web-size", type=int, default=600)
     parser.add_argument("--human-size", type=int, default=300)
     parser.add_argument("--test-size", type=int, default=100)
     parser.add_argument("--pretrain-steps", type=int, default=300, help="The budget: the same for every dataset.")
     parser.add_argument("--finetune-steps", type=int, default=150, help="Steps of the captioner's and filter's fine-tunes.")
+    parser.add_argument("--captioner-steps", type=int, default=None, help="Steps of the captioner's fine-tune "
+                        "(default: --finetune-steps).")
     parser.add_argument("--caption-steps", type=int, default=60, help="Fixed fine-tune before CIDEr.")
     parser.add_argument("--batch-size", type=int, default=24)
-    # The same learning rates and label smoothing as toy_quality.py, for the same reasons (see there).
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--caption-lr", type=float, default=1e-3)
     parser.add_argument("--filter-lr", type=float, default=5e-4)
     parser.add_argument("--caption-label-smoothing", type=float, default=0.0)
-    parser.add_argument("--vision-steps", type=int, default=5000,
-                        help="Warm a fresh ViT up per seed for this many steps (0: pre-train from a random init).")
+    parser.add_argument("--vision-steps", type=int, default=2500,
+                        help="Steps of each seed's ViT warm-up on labelled pictures (make demo's 2500); 0: none.")
     parser.add_argument("--pretrain-init", type=Path, default=None,
-                        help="A warmed-up checkpoint every pre-training starts from (instead of --vision-steps).")
+                        help="A ready checkpoint every pre-training starts from, instead of a warm-up per seed.")
     parser.add_argument("--threshold", type=float, default=0.5, help="ITM threshold: BLIP's 0.5, never one "
-                        "derived from the world's web labels.")
+                        "derived from the world's web labels (see the docstring).")
     parser.add_argument("--top-k", type=int, default=50, help="Nucleus: top-k before top-p (BLIP's 50).")
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--num-beams", type=int, default=3)
     parser.add_argument("--eval-images", type=int, default=100)
+    add_task_arguments(parser)
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args)
 
     import tempfile
 
-    import ray
-
-    from capfilt.world import World, WorldMakeSettings, WorldServer, make_world
-
     started = time.perf_counter()
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="capfilt-ablation-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="capfilt-ablation-") as tmp, local_ray():
         work = args.work or Path(tmp)
         per_seed = []
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 3), include_dashboard=False, log_to_driver=False)
-        try:
-            for seed in args.seeds:
-                world_dir = work / f"seed{seed}" / "world"
-                if not (world_dir / "manifest.json").is_file():
-                    make_world(WorldMakeSettings(out=world_dir, size=args.web_size, human_size=args.human_size,
-                                                 human_captions=3, val_size=0, test_size=args.test_size, nlvr2_pairs=0,
-                                                 clips=0, vqa_per_image=0, seed=seed, overwrite=True))
-                world = World.load(world_dir)
-                with WorldServer(world.root, port=0, slow_seconds=6) as server:
-                    urls = world.write_urls(work / f"seed{seed}" / "web.parquet", server.base_url)
-                    # a new port each start: a resumed seed must not mix URL lists
-                    result = one_seed(args, world, urls, work / f"seed{seed}" / f"run-{server.port}", seed,
-                                      lambda m: print(m, flush=True))
-                per_seed.append(result)
-                partial = {"per_seed": per_seed}
-                args.output.write_text(json.dumps(partial, indent=2) + "\n")
-        finally:
-            ray.shutdown()
-    budget = {"pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
-              "caption_steps": args.caption_steps, "batch_size": args.batch_size, "web_size": args.web_size,
-              "human_size": args.human_size, "test_size": args.test_size, "threshold": args.threshold,
-              "top_k": args.top_k, "top_p": args.top_p, "num_beams": args.num_beams, "eval_images": args.eval_images,
-              "vision_steps": 0 if args.pretrain_init else args.vision_steps,
-              "pretrain_init": None if args.pretrain_init is None else str(args.pretrain_init),
-              # what the jobs' defaults do (see the docstring); recorded so a table says its recipe
-              "recipe": {"pretrain_positives": "pair", "filter_positives": "image", "pre_caption": True,
-                         "caption_max_words": 30, "model_image": "original", "repetition_penalty_nucleus": 1.1,
-                         "tiny_dropout": 0.0},
-              "lr": {"pretrain": args.pretrain_lr, "caption": args.caption_lr, "filter": args.filter_lr},
-              "caption_label_smoothing": args.caption_label_smoothing}
-    summary = summarise(per_seed)
-    result = {"benchmark": "capfilt_ablation", "seeds": args.seeds, "budget": budget,
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                          "load_average_1m_at_start": load},
-              "wall_seconds": round(time.perf_counter() - started, 1), **summary, "per_seed": per_seed}
+        for seed in args.seeds:
+            world = make_task_world(work / f"seed{seed}" / "world", seed=seed, web_size=args.web_size,
+                                    human_size=args.human_size, test_size=args.test_size,
+                                    nlvr2_pairs=args.nlvr2_pairs, clips=args.clips)
+            with served(world, work / f"seed{seed}" / "web.parquet") as (urls, port):
+                run = ToyRun(world, urls, work / f"seed{seed}" / f"run-{port}", seed, args.batch_size,
+                             args.threshold, log=lambda m: print(m, flush=True))
+                per_seed.append(one_seed(args, run))
+            args.output.write_text(json.dumps({"per_seed": per_seed}, indent=2) + "\n")
+    write(args, per_seed, budget_of(args), {"wall_seconds": round(time.perf_counter() - started, 1),
+                           "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                                       "load_average_1m_at_start": load}})
+    return 0
+
+
+def budget_of(args) -> dict[str, Any]:
+    return {"pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
+            "captioner_steps": args.captioner_steps or args.finetune_steps,
+            "caption_steps": args.caption_steps, "batch_size": args.batch_size, "web_size": args.web_size,
+            "human_size": args.human_size, "test_size": args.test_size, "threshold": args.threshold,
+            "top_k": args.top_k, "top_p": args.top_p, "num_beams": args.num_beams, "eval_images": args.eval_images,
+            "vision_steps": 0 if args.pretrain_init else args.vision_steps,
+            "pretrain_init": None if args.pretrain_init is None else str(args.pretrain_init),
+            # what the jobs' defaults do (see the docstring); recorded so a table says its recipe
+            "recipe": {"pretrain_positives": "pair", "filter_positives": "image", "pre_caption": True,
+                       "caption_max_words": 30, "model_image": "original", "repetition_penalty_nucleus": 1.1,
+                       "tiny_dropout": 0.0, "tokenizer": "WordPiece over the world's captions and task texts"},
+            "lr": {"pretrain": args.pretrain_lr, "caption": args.caption_lr, "filter": args.filter_lr},
+            "caption_label_smoothing": args.caption_label_smoothing, **task_budget(args)}
+
+
+def write(args, per_seed: list[dict[str, Any]], budget: dict[str, Any], run_facts: dict[str, Any]) -> None:
+    """The ablation's JSON and table (and the tasks' where they ran), from the seeds' results."""
+    per_seed = sorted(per_seed, key=lambda s: s["seed"])
+    seeds, summary = [s["seed"] for s in per_seed], summarise(per_seed)
+    result = {"benchmark": "capfilt_ablation", "seeds": seeds, "budget": budget, **run_facts, **summary,
+              "per_seed": per_seed}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(summary, args.seeds, budget)
+    table = markdown(summary, seeds, budget)
     (args.markdown or args.output.with_suffix(".md")).write_text(table)
     print(table)
+    with_tasks = [s for s in per_seed if "tasks" in s]
+    if args.tasks_output and with_tasks:
+        from benchmarks.tasks import write_tasks
+
+        write_tasks(args.tasks_output, [{"seed": s["seed"], "results": s["tasks"], "seconds": s["seconds"]}
+                                        for s in with_tasks], budget, run_facts)
+
+
+def merge(args) -> int:
+    """One table from seeds run apart (each its own JSON, as this script writes it); the budget
+    must be the same in every file, and the table states it."""
+    runs = [json.loads(p.read_text()) for p in args.merge]
+    budgets = {json.dumps(r["budget"], sort_keys=True) for r in runs}
+    if len(budgets) != 1:
+        raise SystemExit(f"--merge: the runs' budgets differ: {sorted(budgets)}")
+    per_seed = [s for r in runs for s in r["per_seed"]]
+    if len({s["seed"] for s in per_seed}) != len(per_seed):
+        raise SystemExit("--merge: a seed appears in more than one file")
+    write(args, per_seed, runs[0]["budget"], {"wall_seconds": [r["wall_seconds"] for r in runs],
+                                              "machine": runs[0]["machine"],
+                                              "merged_from": [p.name for p in args.merge]})
     return 0
 
 
