@@ -45,26 +45,6 @@ def test_warm_up_fits_a_fixed_batch_and_moves_only_the_vit():
     assert changed and all(k.startswith("vision.") for k in changed)
 
 
-def test_warm_up_draws_each_batch_once_in_order_in_a_thread_beside_training():
-    """The next batch is drawn while a step trains: every step's batch exactly once, in step
-    order, none past the last step, and in a thread other than the training one."""
-    import threading
-
-    torch.manual_seed(0)
-    med = MED(preset("tiny", vocab_size=128))
-    batches = [labelled_pictures(0, "vision-test", 4 * i, 4, side=64, patch=8) for i in range(5)]
-    calls: list[tuple[int, str]] = []
-
-    def batch_at(step):
-        calls.append((step, threading.current_thread().name))
-        return batches[step]
-
-    warm_up_vision(med, batch_at, patch_classes=_classes(), present_classes=len(PRESENT_LABELS), steps=5,
-                   warmup_steps=1, eval_every=5)
-    assert [step for step, _ in calls] == [0, 1, 2, 3, 4]
-    assert all(name != threading.current_thread().name for _, name in calls)
-
-
 def test_command_writes_a_checkpoint_with_a_new_vit_and_the_same_text_side(init_dir, tmp_path, capsys):
     out = tmp_path / "warm"
     assert main(["model", "pretrain-vision", str(init_dir), "--output", str(out), "--steps", "4",

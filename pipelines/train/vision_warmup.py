@@ -15,7 +15,6 @@ The loop knows nothing of what the labels mean. A batch is any object with
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import torch
@@ -122,41 +121,23 @@ def warm_up_vision(
     curve: list[dict[str, Any]] = []
     started = time.perf_counter()
     progress = Progress("warm-up", steps, "steps", log=progress_log)
-
-    def train_on(step: int, batch: Any) -> dict[str, Any] | None:
+    for step in range(steps):
         rate = lr_at(step, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, total_steps=steps, decay="cosine")
         for group in optimizer.param_groups:
             group["lr"] = rate
-        loss = warmup_loss(med, heads, batch, dev)
+        loss = warmup_loss(med, heads, batch_at(step), dev)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         done = step + 1
         progress.update(1)
-        if done % eval_every and done != steps:
-            return None
-        entry: dict[str, Any] = {"step": done, "loss": round(float(loss.detach()), 4), "lr": rate,
-                                 "seconds": round(time.perf_counter() - started, 1)}
-        if eval_batch is not None:
-            entry.update(warmup_scores(med, heads, eval_batch, dev))
-        return entry
-
-    # the next batch is drawn in a thread while this step trains: drawing the pictures is about a
-    # quarter of a step on the CPU, and torch releases the GIL while it computes (batch_at is a
-    # pure function of the step, so the batches are the same ones)
-    drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup-pictures")
-    upcoming = drawer.submit(batch_at, 0)
-    try:
-        for step in range(steps):
-            batch = upcoming.result()
-            if step + 1 < steps:
-                upcoming = drawer.submit(batch_at, step + 1)
-            entry = train_on(step, batch)
-            if entry is not None:
-                curve.append(entry)
-                log(entry)
-    finally:
-        drawer.shutdown(wait=True, cancel_futures=True)
+        if done % eval_every == 0 or done == steps:
+            entry: dict[str, Any] = {"step": done, "loss": round(float(loss.detach()), 4), "lr": rate,
+                                     "seconds": round(time.perf_counter() - started, 1)}
+            if eval_batch is not None:
+                entry.update(warmup_scores(med, heads, eval_batch, dev))
+            curve.append(entry)
+            log(entry)
     progress.close()
     med.vision.eval()
     return curve
