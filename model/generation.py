@@ -96,7 +96,7 @@ def generate_captions(
         return []
     with _eval_mode(med), _full_fp32(), torch.inference_mode():
         image_embeds = med.encode_image(pixel_values)  # (B, 1 + N, Dv), once per image
-        decode = _beam_search if settings.decoding == "beam" else _nucleus
+        decode = beam_search if settings.decoding == "beam" else _nucleus
         rows = decode(med, image_embeds, prefix, list(seeds), settings, use_cache)
     return [[tokenizer.decode(_caption_ids(row, len(prefix), tokens)) for row in image_rows] for image_rows in rows]
 
@@ -275,14 +275,15 @@ def _nucleus(
 
 
 # ---- beam search --------------------------------------------------------------------------------
-def _beam_search(
+def beam_search(
     med: MED, image_embeds: torch.Tensor, prefix: list[int], seeds: list[int],
     settings: GenerationSettings, use_cache: bool,
 ) -> list[list[list[int]]]:
     """transformers' beam search as BLIP ran it (early_stopping=False), per image independently.
 
     Hypotheses are scored by sum of log-probs / length**length_penalty, the length counting the
-    prefix and not the [SEP]; the K best come back.
+    prefix and not the [SEP]; the K best come back. Public: VQA's answer generation
+    (model/tasks/vqa.py) decodes question states with it, not image embeddings.
     """
     nb = settings.num_beams
     batch, device = image_embeds.shape[0], image_embeds.device

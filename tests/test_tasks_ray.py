@@ -58,6 +58,9 @@ def test_nlvr2_job_checkpoints_resumes_and_writes_a_task_checkpoint(ray_local, w
     assert resumes and resumes[-1]["step"] == 2  # the second start went on from the first's checkpoint
     steps = [r["step"] for r in records if "nlvr" in r]
     assert steps == [1, 2, 3, 4]  # no step twice
+    # the records of the cycle every training job shares (pipelines/train/worker.py)
+    assert [r["total_steps"] for r in records if "nlvr" in r] == [2, 2, 4, 4]
+    assert [r["replicas_equal"] for r in records if r.get("event") == "done"] == [True, True]
     ck = load_for(out / "model", "evaluate:nlvr2")
     assert ck.roles == ("nlvr2",) and ck.extra["task"] == "nlvr2"
     assert load_head(ck, NLVRHead(ck.med))

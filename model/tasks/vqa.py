@@ -105,12 +105,12 @@ def generate_answers(med: MED, tokenizer, states: torch.Tensor, num_beams: int =
                      min_length: int = 1) -> list[str]:
     """Beam search from [DEC] over the question's states; as BLIP, every question position is
     attended (its generate() passes an all-ones mask)."""
-    from model.generation import GenerationSettings, _beam_search, decoder_prefix
+    from model.generation import GenerationSettings, beam_search, decoder_prefix
 
     settings = GenerationSettings(decoding="beam", num_beams=num_beams, max_length=max_length, min_length=min_length,
                                   prompt="")
     prefix = decoder_prefix(tokenizer, "", med.config.tokens)
-    rows = _beam_search(med, states, prefix, [0] * states.shape[0], settings, use_cache=True)
+    rows = beam_search(med, states, prefix, [0] * states.shape[0], settings, use_cache=True)
     sep = med.config.tokens.sep
     out = []
     for hyps in rows:

@@ -18,15 +18,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from model.atomic_write import replacing_folder
 from pipelines.ray_session import start_or_join_ray
 from pipelines.train.data import DataError, decoded_dataset, pair_dataset, resolve_sources, scan_pairs
 from pipelines.train.metrics import read_metrics
 from pipelines.train.optim import steps_per_epoch as steps_per_epoch_of
-from pipelines.train.settings import TrainSettings
+from pipelines.train.settings import JobSettings, TrainSettings
 from pipelines.train.state import MODEL_DIR
+
+if TYPE_CHECKING:
+    from pipelines.train.tasks.settings import TaskJobSettings
 
 RUN_NAME = "ray"
 INIT_DIR = "init"
@@ -67,9 +70,6 @@ def prepare_init(settings: TrainSettings, captions: list[str]) -> Path | str:
 
 def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = None):
     """Everything up to `trainer.fit()`: data checked and counted, starting model ready."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from pipelines.train.loop import train_loop_per_worker
 
     sources = resolve_sources(settings.data)  # DataError on a bad path, before Ray starts
@@ -96,8 +96,18 @@ def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = Non
     config = {"settings": settings_json, "output": str(settings.output.resolve()),
               "init": init if isinstance(init, str) else str(init.absolute()),  # a pinned hub name as it is
               "total_steps": total, "steps_per_epoch": per_epoch, "num_pairs": num_pairs, "fault": fault}
+    return make_trainer(settings, train_loop_per_worker, config, decoded_dataset(pairs, image_size))
+
+
+def make_trainer(settings: JobSettings | TaskJobSettings, loop: Callable[[dict[str, Any]], None],
+                 config: dict[str, Any], dataset) -> Any:
+    """The TorchTrainer of a training job (this module's and pipelines/train/tasks/job.py's): its
+    run folder is OUTPUT/ray, so that a job started again on OUTPUT resumes from its checkpoints."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
     return TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
@@ -108,23 +118,31 @@ def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = Non
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.keep_checkpoints),
         ),
-        datasets={"train": decoded_dataset(pairs, image_size)},
+        datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
+
+
+def keep_final_model(result, output: Path, roles: list[str] | None = None) -> Path:
+    """Copy the model of the job's last checkpoint to OUTPUT/model, replacing the previous one only
+    once the copy is whole; `roles`, when given, are written into its extra.json."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training in {output} ended without a checkpoint")
+    final = output / MODEL_DIR
+    with result.checkpoint.as_directory() as directory:
+        source = Path(directory) / MODEL_DIR
+        with replacing_folder(final) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            if roles is not None:
+                _set_roles(tmp, roles)
+    return final
 
 
 def run_training(settings: TrainSettings, *, fault: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train; return a summary. The final model lands in OUTPUT/model."""
     trainer = build_trainer(settings, fault=fault)
     result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training in {settings.output} ended without a checkpoint")
-    final = settings.output / MODEL_DIR
-    with result.checkpoint.as_directory() as directory:
-        source = Path(directory) / MODEL_DIR
-        with replacing_folder(final) as tmp:  # the previous model stays until this one replaces it
-            shutil.copytree(source, tmp, dirs_exist_ok=True)
-            _set_roles(tmp, ROLES[settings.task])
+    final = keep_final_model(result, settings.output, ROLES[settings.task])
     records = read_metrics(settings.output)
     done = [r for r in records if r.get("event") == "done"]
     return {"output": str(settings.output), "model": str(final), "checkpoint": result.checkpoint.path,

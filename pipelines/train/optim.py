@@ -6,7 +6,7 @@ Plain functions, no Ray: the loop calls them, the tests call them directly.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import torch
 from torch import nn
@@ -71,6 +71,26 @@ def make_scheduler(
                      total_steps=total_steps, decay=decay) / lr
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class ScheduleSettings(Protocol):
+    """The fields every training job's settings carry for its optimiser and schedule."""
+
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    decay: str
+    weight_decay: float
+
+
+def optimizer_and_scheduler(
+    module: nn.Module, settings: ScheduleSettings, total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `module` and its schedule to `total_steps`, as every training job builds them."""
+    optimizer = make_optimizer(module, settings.lr, settings.weight_decay)
+    scheduler = make_scheduler(optimizer, lr=settings.lr, min_lr=settings.min_lr, warmup_steps=settings.warmup_steps,
+                               total_steps=total_steps, decay=settings.decay)
+    return optimizer, scheduler
 
 
 def total_steps(num_pairs: int, batch_size: int, world_size: int, epochs: int, max_steps: int | None) -> int:

@@ -60,6 +60,37 @@ def alpha_for(step: int, steps_per_epoch: int) -> float:
     return ramped_alpha(step, 2 * max(1, steps_per_epoch))
 
 
+def optimizer_step(
+    module: nn.Module,
+    inputs: tuple,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    grad_clip: float | None = None,
+    autocast_device: str | None = None,
+) -> dict[str, float]:
+    """Forward `module(*inputs)` (a dict of named losses, "loss" their sum), backward, clip, step,
+    schedule. Returns the scalar losses and the step's lr as floats. Every training job's step,
+    pre-training and the task fine-tunes (pipelines/train/tasks/step.py) alike.
+
+    autocast_device: "cuda" for bf16 autocast on GPU; None keeps float32 (CPU)."""
+    module.train()
+    optimizer.zero_grad(set_to_none=True)
+    cast = (torch.autocast(autocast_device, dtype=torch.bfloat16) if autocast_device
+            else contextlib.nullcontext())
+    with cast:
+        losses = module(*inputs)
+    losses["loss"].backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    out = {name: float(value.detach()) for name, value in losses.items() if value.numel() == 1}
+    out["lr"] = float(lr)
+    return out
+
+
 def train_step(
     module: nn.Module,
     batch: dict[str, torch.Tensor],
@@ -71,24 +102,9 @@ def train_step(
     grad_clip: float | None = None,
     autocast_device: str | None = None,
 ) -> dict[str, float]:
-    """Forward, backward, clip, step, schedule. Returns the step's losses and its lr as floats.
-
-    autocast_device: "cuda" for bf16 autocast on GPU; None keeps float32 (CPU)."""
-    module.train()
-    optimizer.zero_grad(set_to_none=True)
-    cast = (torch.autocast(autocast_device, dtype=torch.bfloat16) if autocast_device
-            else contextlib.nullcontext())
-    with cast:
-        losses = module(batch, alpha, generator)
-    losses["loss"].backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    scheduler.step()
-    out = {name: float(value.detach()) for name, value in losses.items() if value.numel() == 1}
-    out["lr"] = float(lr)
-    return out
+    """One step of a `StepModule`: its losses and lr as floats (`optimizer_step`)."""
+    return optimizer_step(module, (batch, alpha, generator), optimizer, scheduler,
+                          grad_clip=grad_clip, autocast_device=autocast_device)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -9,16 +9,12 @@ final task checkpoint that `capfilt evaluate --tasks TASK` takes.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 from model.tasks.checkpoint import load_for
 from pipelines.train.data import DataError
-from pipelines.train.job import RUN_NAME, ensure_ray
+from pipelines.train.job import ensure_ray, keep_final_model, make_trainer
 from pipelines.train.metrics import read_metrics
-from pipelines.train.state import MODEL_DIR
 from pipelines.train.tasks.data import dialog_rounds, read_task
 from pipelines.train.tasks.settings import TaskFinetuneSettings
 
@@ -33,8 +29,6 @@ def training_examples(settings: TaskFinetuneSettings) -> list[dict[str, Any]]:
 
 def run_task_training(settings: TaskFinetuneSettings) -> dict[str, Any]:
     import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     from pipelines.train.tasks.loop import task_loop_per_worker
 
@@ -53,30 +47,10 @@ def run_task_training(settings: TaskFinetuneSettings) -> dict[str, Any]:
     settings_json = settings.model_dump(mode="json")
     (settings.output / "settings.json").write_text(json.dumps(settings_json, indent=2) + "\n")
     dataset = ray.data.from_items([{"example": json.dumps(e)} for e in examples])
-    trainer = TorchTrainer(
-        task_loop_per_worker,
-        train_loop_config={"settings": settings_json, "output": str(settings.output.resolve()),
-                           "init": str(settings.init), "total_steps": total, "steps_per_epoch": per_epoch},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=settings.num_workers, use_gpu=settings.use_gpu,
-            resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            storage_path=str(settings.output.resolve()), name=RUN_NAME,
-            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.keep_checkpoints)),
-        datasets={"train": dataset},
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training in {settings.output} ended without a checkpoint")
-    final = settings.output / MODEL_DIR
-    with result.checkpoint.as_directory() as directory:
-        tmp = settings.output / f".{MODEL_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(Path(directory) / MODEL_DIR, tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+    config = {"settings": settings_json, "output": str(settings.output.resolve()), "init": str(settings.init),
+              "total_steps": total, "steps_per_epoch": per_epoch}
+    result = make_trainer(settings, task_loop_per_worker, config, dataset).fit()
+    final = keep_final_model(result, settings.output)  # a task checkpoint names its roles itself
     done = [r for r in read_metrics(settings.output) if r.get("event") == "done"]
     return {"output": str(settings.output), "model": str(final), "task": settings.task,
             "examples": len(examples), "checkpoint": result.checkpoint.path,

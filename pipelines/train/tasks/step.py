@@ -15,6 +15,7 @@ from model.tasks.dialog import dialog_loss
 from model.tasks.nlvr import NLVRHead, nlvr_loss
 from model.tasks.vqa import check_widths, vqa_loss
 from model.tasks.checkpoint import untie_decoder
+from pipelines.train.step import optimizer_step
 from pipelines.train.tasks.batches import dialog_batch, nlvr_batch, vqa_batch
 
 FINETUNE_TASKS = ("vqa", "nlvr2", "dialog")
@@ -55,13 +56,5 @@ def make_batch(task: str, rows: Sequence[dict[str, Any]], tokenizer, config, max
 
 def task_step(model: nn.Module, batch: dict[str, torch.Tensor], optimizer, scheduler,
               grad_clip: float | None = None) -> dict[str, float]:
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    losses = model(batch)
-    losses["loss"].backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    scheduler.step()
-    return {**{k: float(v.detach()) for k, v in losses.items()}, "lr": float(lr)}
+    """One step of a `TaskModel`, in float32 (the task fine-tunes take no autocast)."""
+    return optimizer_step(model, (batch,), optimizer, scheduler, grad_clip=grad_clip)
