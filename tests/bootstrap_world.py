@@ -1,16 +1,29 @@
 """What the bootstrap tests and the benchmark share: a small toy world, served on loopback, and
-a tiny random checkpoint (one MED serves as captioner and as filter)."""
+a tiny random checkpoint (one MED serves as captioner and as filter); and what the tests of a
+run that is interrupted share: the job killed once it has committed a shard, and its output
+compared with the uninterrupted run's, row for row."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
 
 from capfilt.cli import main as capfilt_main
 from capfilt.world.make import make_world
 from capfilt.world.settings import WorldMakeSettings
 from capfilt.world.store import World
 from pipelines.bootstrap.settings import BootstrapSettings
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The server's slow URLs answer after SLOW seconds; the pipeline gives up after TIMEOUT.
 SLOW = 10.0
@@ -79,3 +92,55 @@ def stop_processes_mentioning(text: str, grace: float = 10.0) -> None:
             time.sleep(0.2)
     left = processes_mentioning(text)
     assert not left, f"processes still running: {left}"
+
+
+def kill_job_once_committed(config: Path, log: Path, *, committed: Callable[[], Any],
+                            clear_output: Callable[[], None]) -> None:
+    """`python -m pipelines.bootstrap --config CONFIG`, as a user runs it, with a Ray of its own (a
+    fresh temp dir, no RAY_ADDRESS: it never joins another instance), SIGKILLed with its whole
+    process group as soon as `committed()` is truthy (or after 300 s). Asserts that it was the kill
+    that ended the job; every Ray process it started is stopped. Its output goes to `log`."""
+    ray_tmp = tempfile.mkdtemp(prefix="ray-killed-")  # short: Ray's socket paths have a length limit
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    try:
+        # Ray gives its node 30 s to start; a machine busy with other work can miss that, and
+        # the job then fails before it plans anything: one more try, on a clean output
+        for _ in range(2):
+            clear_output()
+            with open(log, "wb") as log_file:
+                job = subprocess.Popen([sys.executable, "-m", "pipelines.bootstrap", "--config", str(config)],
+                                       cwd=REPO, env=env, start_new_session=True, stdout=log_file,
+                                       stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 300
+            while job.poll() is None and time.monotonic() < deadline and not committed():
+                time.sleep(0.05)
+            if job.poll() is not None and "timed out during startup" in log.read_text(errors="replace"):
+                stop_processes_mentioning(ray_tmp)
+                continue
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=30)
+            break
+    finally:
+        stop_processes_mentioning(ray_tmp)  # the Ray instance the job started
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert job.returncode == -signal.SIGKILL, f"the job ended before it was killed: {log.read_text()[-2000:]}"
+
+
+def parquet_rows(out: Path) -> list[dict]:
+    """The rows of a run's output on local disk, in key order."""
+    return pq.read_table(Path(out) / "parquet").sort_by("key").to_pylist()
+
+
+def same_rows(got: list[dict], want: list[dict]) -> None:
+    """Row for row the same output; ITM/ITC scores to float precision (another batch puts rows
+    in other matmuls, and a matmul's last bits depend on the batch)."""
+    import pytest  # here: the benchmark that imports this module runs without pytest
+
+    assert [r["key"] for r in got] == [r["key"] for r in want]
+    for g, w in zip(got, want):
+        for column, value in w.items():
+            if column.endswith(("_itm", "_itc")) and value is not None:
+                assert g[column] == pytest.approx(value, abs=1e-5), (w["key"], column)
+            else:
+                assert g[column] == value, (w["key"], column)

@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+# bootstrap_world's helpers assert row for row; rewritten, a failure shows the values, as in a test
+pytest.register_assert_rewrite("bootstrap_world")
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():

@@ -6,26 +6,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import ray
 
-from bootstrap_world import SLOW, bootstrap_settings, make_checkpoint, make_small_world, stop_processes_mentioning
+from bootstrap_world import (SLOW, bootstrap_settings, kill_job_once_committed, make_checkpoint, make_small_world,
+                             same_rows)
 from capfilt.world.server import WorldServer
 from pipelines.bootstrap.run import run_bootstrap
 from s3_server import s3_server
 
 WORLD_ROWS = 24
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +44,6 @@ def env(tmp_path_factory):
 def read_rows(fs, url: str) -> list[dict]:
     files = sorted(f for f in fs.find(url.removeprefix("s3://") + "/parquet") if f.endswith(".parquet"))
     return sorted((r for f in files for r in pq.read_table(f, filesystem=fs).to_pylist()), key=lambda r: r["key"])
-
-
-def same_rows(got: list[dict], want: list[dict]) -> None:
-    """Row for row the same output; ITM/ITC scores to float precision (another batch puts rows
-    in other matmuls, and a matmul's last bits depend on the batch)."""
-    assert [r["key"] for r in got] == [r["key"] for r in want]
-    for g, w in zip(got, want):
-        for column, value in w.items():
-            if column.endswith(("_itm", "_itc")) and value is not None:
-                assert g[column] == pytest.approx(value, abs=1e-5), (w["key"], column)
-            else:
-                assert g[column] == value, (w["key"], column)
 
 
 @pytest.fixture(scope="module")
@@ -96,40 +77,18 @@ def test_resume_on_s3_after_the_job_is_killed_part_way(env, uninterrupted, tmp_p
     killed = settings.model_copy(update={"output": out})
     config = tmp_path / "job.yaml"
     config.write_text(json.dumps(killed.model_dump(mode="json")))  # JSON is YAML
-    ray_tmp = tempfile.mkdtemp(prefix="ray-killed-")  # short: Ray's socket paths have a length limit
-    child_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    child_env["RAY_TMPDIR"] = ray_tmp
     done = "capfilt/killed/_work/done"
     total = math.ceil(WORLD_ROWS / 4)
-    log = tmp_path / "job.log"
 
     def committed() -> list[str]:
         fs.invalidate_cache()
         return fs.ls(done, detail=False) if fs.exists(done) else []
 
-    try:
-        # Ray gives its node 30 s to start; a machine busy with other work can miss that, and
-        # the job then fails before it plans anything: one more try, on a clean prefix
-        for attempt in range(2):
-            if fs.exists("capfilt/killed"):
-                fs.rm("capfilt/killed", recursive=True)
-            with open(log, "wb") as log_file:
-                job = subprocess.Popen([sys.executable, "-m", "pipelines.bootstrap", "--config", str(config)],
-                                       cwd=REPO, env=child_env, start_new_session=True, stdout=log_file,
-                                       stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 300
-            while job.poll() is None and time.monotonic() < deadline and not committed():
-                time.sleep(0.05)
-            if job.poll() is not None and "timed out during startup" in log.read_text(errors="replace"):
-                stop_processes_mentioning(ray_tmp)
-                continue
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait(timeout=30)
-            break
-    finally:
-        stop_processes_mentioning(ray_tmp)  # the Ray instance the job started
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert job.returncode == -signal.SIGKILL, f"the job ended before it was killed: {log.read_text()[-2000:]}"
+    def clear_output() -> None:
+        if fs.exists("capfilt/killed"):
+            fs.rm("capfilt/killed", recursive=True)
+
+    kill_job_once_committed(config, tmp_path / "job.log", committed=committed, clear_output=clear_output)
     markers = committed()
     assert 0 < len(markers) < total, f"{len(markers)} of {total} shards committed when killed"
     assert not fs.exists("capfilt/killed/manifest.json")

@@ -9,9 +9,11 @@ The same commands run on a laptop (a local Ray is started) and on a cluster (`RA
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from capfilt.settings_cli import EXIT_BAD_SETTINGS, format_validation_error, settings_command
 from pipelines.train.settings import EvaluateSettings, FinetuneSettings, JobSettings, Task, TrainSettings
@@ -55,6 +57,47 @@ def _train_task(task: FinetuneTask, job: TaskJobSettings) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class FinetuneCommand:
+    """One `capfilt finetune NAME`: the flags it takes (a settings class), the runner that trains
+    it, the recipe the runner is given (`retrieval` trains the filter's recipe) and its help, prose
+    over several lines that `one_line_help` folds into the one line typer shows."""
+
+    settings: type[BaseModel]
+    runner: Callable[[Any, Any], int]
+    recipe: str
+    help: str
+
+    @property
+    def one_line_help(self) -> str:
+        return " ".join(self.help.split())
+
+    def run(self, settings: BaseModel) -> int:
+        return self.runner(self.recipe, settings)
+
+
+# Registered in this order, which is the order `capfilt finetune --help` lists them in.
+FINETUNE_COMMANDS: dict[str, FinetuneCommand] = {
+    "caption": FinetuneCommand(FinetuneSettings, _train, "caption", help="""
+        Fine-tune the captioner: LM with label smoothing, after the prompt.
+        OUTPUT/model is what `capfilt bootstrap --captioner` takes."""),
+    "filter": FinetuneCommand(FinetuneSettings, _train, "filter", help="""
+        Fine-tune the filter: ITC + ITM with hard negatives.
+        OUTPUT/model is what `capfilt bootstrap --filter` takes."""),
+    "retrieval": FinetuneCommand(FinetuneSettings, _train, "filter", help="""
+        Fine-tune for image-text retrieval: the filter's recipe (ITC + ITM with hard negatives)
+        under the task's own name. OUTPUT/model is a filter too."""),
+    "vqa": FinetuneCommand(TaskJobSettings, _train_task, "vqa", help="""
+        Fine-tune for VQA (BLIP's blip_vqa): the image-grounded encoder reads the question, the
+        decoder learns the answers (LM loss, answers weighted by their share). Data: tasks/vqa.parquet."""),
+    "nlvr2": FinetuneCommand(TaskJobSettings, _train_task, "nlvr2", help="""
+        Fine-tune for NLVR2 (BLIP's blip_nlvr): a statement against two images through a twin
+        cross-attention, a true/false head. Data: tasks/nlvr2.parquet."""),
+    "dialog": FinetuneCommand(TaskJobSettings, _train_task, "dialog", help="""
+        Fine-tune for visual dialog: image, caption and history encoded, each candidate answer
+        scored true/false by ITM. Data: tasks/dialog.parquet."""),
+}
+
 def register(app: typer.Typer) -> None:
     @settings_command(app, "pretrain", JobSettings,
                       help="Pre-train the MED (ITC+ITM+LM) with Ray Train on bootstrap output, toy-world "
@@ -65,43 +108,8 @@ def register(app: typer.Typer) -> None:
     finetune = typer.Typer(help="Fine-tune a pre-trained model for one task: caption (LM), filter / retrieval "
                                 "(ITC+ITM), vqa, nlvr2, dialog.", no_args_is_help=True)
     app.add_typer(finetune, name="finetune")
-
-    @settings_command(finetune, "caption", FinetuneSettings,
-                      help="Fine-tune the captioner: LM with label smoothing, after the prompt. "
-                           "OUTPUT/model is what `capfilt bootstrap --captioner` takes.")
-    def caption(settings: FinetuneSettings) -> int:
-        return _train("caption", settings)
-
-    @settings_command(finetune, "filter", FinetuneSettings,
-                      help="Fine-tune the filter: ITC + ITM with hard negatives. "
-                           "OUTPUT/model is what `capfilt bootstrap --filter` takes.")
-    def filter_(settings: FinetuneSettings) -> int:
-        return _train("filter", settings)
-
-    @settings_command(finetune, "retrieval", FinetuneSettings,
-                      help="Fine-tune for image-text retrieval: the filter's recipe (ITC + ITM with hard "
-                           "negatives) under the task's own name. OUTPUT/model is a filter too.")
-    def retrieval(settings: FinetuneSettings) -> int:
-        return _train("filter", settings)
-
-    @settings_command(finetune, "vqa", TaskJobSettings,
-                      help="Fine-tune for VQA (BLIP's blip_vqa): the image-grounded encoder reads the question, "
-                           "the decoder learns the answers (LM loss, answers weighted by their share). "
-                           "Data: tasks/vqa.parquet.")
-    def vqa(settings: TaskJobSettings) -> int:
-        return _train_task("vqa", settings)
-
-    @settings_command(finetune, "nlvr2", TaskJobSettings,
-                      help="Fine-tune for NLVR2 (BLIP's blip_nlvr): a statement against two images through "
-                           "a twin cross-attention, a true/false head. Data: tasks/nlvr2.parquet.")
-    def nlvr2(settings: TaskJobSettings) -> int:
-        return _train_task("nlvr2", settings)
-
-    @settings_command(finetune, "dialog", TaskJobSettings,
-                      help="Fine-tune for visual dialog: image, caption and history encoded, each candidate "
-                           "answer scored true/false by ITM. Data: tasks/dialog.parquet.")
-    def dialog(settings: TaskJobSettings) -> int:
-        return _train_task("dialog", settings)
+    for name, command in FINETUNE_COMMANDS.items():
+        settings_command(finetune, name, command.settings, help=command.one_line_help)(command.run)
 
     @settings_command(app, "evaluate", EvaluateSettings,
                       help="Evaluate a checkpoint on a split, per task (--tasks): retrieval (TR/IR R@1/5/10, "
