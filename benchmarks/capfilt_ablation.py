@@ -251,7 +251,9 @@ def markdown(summary: dict[str, Any], seeds: list[int], budget: dict[str, Any]) 
     lines.append("")
     lines.append("TR@1, IR@1 and CIDEr are x100 (CIDEr x100 as the paper prints it). "
                  f"Filter threshold {budget['threshold']} (BLIP's); pre-training from "
-                 + (f"a ViT warmed up for {budget['vision_steps']} steps." if budget.get("vision_steps") else
+                 + (f"a ViT warmed up for {budget['vision_steps']} steps per seed." if budget.get("vision_steps") else
+                    f"one ViT warmed up for {budget['pretrain_init_vision_steps']} steps, shared by the seeds."
+                    if budget.get("pretrain_init_vision_steps") else
                     "the given init." if budget.get("pretrain_init") else "a random init."))
     return "\n".join(lines) + "\n"
 
@@ -320,6 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def init_vision_steps(init: Path | None) -> int | None:
+    """Steps of the ViT warm-up a given init had (`capfilt model pretrain-vision` records them)."""
+    extra = None if init is None else Path(init) / "extra.json"
+    if extra is None or not extra.is_file():
+        return None
+    record = json.loads(extra.read_text()).get("vision_pretraining") or {}
+    return (record.get("settings") or {}).get("steps")
+
+
 def budget_of(args) -> dict[str, Any]:
     return {"pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
             "captioner_steps": args.captioner_steps or args.finetune_steps,
@@ -328,6 +339,7 @@ def budget_of(args) -> dict[str, Any]:
             "top_k": args.top_k, "top_p": args.top_p, "num_beams": args.num_beams, "eval_images": args.eval_images,
             "vision_steps": 0 if args.pretrain_init else args.vision_steps,
             "pretrain_init": None if args.pretrain_init is None else str(args.pretrain_init),
+            "pretrain_init_vision_steps": init_vision_steps(args.pretrain_init),
             # what the jobs' defaults do (see the docstring); recorded so a table says its recipe
             "recipe": {"pretrain_positives": "pair", "filter_positives": "image", "pre_caption": True,
                        "caption_max_words": 30, "model_image": "original", "repetition_penalty_nucleus": 1.1,
