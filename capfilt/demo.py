@@ -39,9 +39,11 @@ class DemoSettings(BaseModel):
     human_size: int | None = Field(None, ge=8, description="Images of the human split (default 400; full 1000).")
     rounds: int | None = Field(None, ge=1, le=10, description="Bootstrapping rounds (default 1; full 2).")
     pretrain_steps: int | None = Field(None, ge=1, description="Steps of each pre-training (default 300; full 600).")
-    finetune_steps: int | None = Field(None, ge=1, description="Steps of each fine-tune (default 150; full 300).")
+    finetune_steps: int | None = Field(None, ge=1, description="Steps of each filter fine-tune (default 300; full 600).")
+    captioner_steps: int | None = Field(None, ge=1, description="Steps of each captioner fine-tune (default 600; "
+                                        "full 1200).")
     vision_steps: int | None = Field(None, ge=0, description="Steps of the ViT's warm-up on labelled pictures before "
-                                     "the first pre-training (default 2500; full 5000); 0: every pre-training "
+                                     "the first pre-training (default 5000; full 5000); 0: every pre-training "
                                      "starts from scratch.")
     seed: int = Field(0, ge=0)
     fetch_timeout: float = Field(1.0, gt=0, description="Seconds before a download counts as timed out.")
@@ -100,7 +102,7 @@ def warm_start(s: DemoSettings) -> Path | None:
     start from an ImageNet ViT. None when the demo's --vision-steps is 0."""
     from capfilt.cli import main as capfilt_main
 
-    steps = s.pick("vision_steps", 2500, 5000)
+    steps = s.pick("vision_steps", 5000, 5000)
     if steps == 0:
         return None
     init, warm = s.output / "init", s.output / "init-vision"
@@ -115,7 +117,8 @@ def warm_start(s: DemoSettings) -> Path | None:
 
 def rounds_args(s: DemoSettings, world: World, urls: Path, init: Path | None = None) -> list[str]:
     """`capfilt rounds` as the demo runs it: every knob it sets is one a user could pass."""
-    pre, fine = s.pick("pretrain_steps", 300, 600), s.pick("finetune_steps", 150, 300)
+    pre, fine = s.pick("pretrain_steps", 300, 600), s.pick("finetune_steps", 300, 600)
+    captioner = s.pick("captioner_steps", 600, 1200)
     start = ["--pretrain-init", str(init)] if init is not None else []
     return [
         "rounds", *start, "--web", str(urls), "--human", str(world.path("human")), "--eval", str(world.path("test")),
@@ -123,7 +126,7 @@ def rounds_args(s: DemoSettings, world: World, urls: Path, init: Path | None = N
         "--seed", str(s.seed),
         "--pretrain-max-steps", str(pre), "--pretrain-epochs", "1000", "--pretrain-batch-size", "24",
         "--pretrain-warmup-steps", str(max(1, pre // 10)), "--pretrain-log-every", "25",
-        "--caption-max-steps", str(fine), "--caption-epochs", "1000", "--caption-batch-size", "24",
+        "--caption-max-steps", str(captioner), "--caption-epochs", "1000", "--caption-batch-size", "24",
         "--filter-max-steps", str(fine), "--filter-epochs", "1000", "--filter-batch-size", "24",
         # The tiny model learns from scratch, which wants higher learning rates than BLIP's
         # fine-tunes of a pre-trained one; and no label smoothing under nucleus sampling at top-p
@@ -226,7 +229,11 @@ def print_report(report: dict[str, Any]) -> None:
         return "-" if v is None else f"{v:.0%}"
     rows.append(["web-side pairs pre-trained on", *[str(r["web_pairs"]["pairs"]) for r in rounds]])
     rows.append(["  of which noisy (checker)", *[pct(r["web_pairs"]["noise"]) for r in rounds]])
+    # the two halves apart: what the filter kept of the web, and of the captioner's captions
+    rows.append(["  web captions kept", *[str(r["web_pairs"]["web_pairs"]) for r in rounds]])
+    rows.append(["    of which noisy", *[pct(r["web_pairs"]["web_noise"]) for r in rounds]])
     rows.append(["  synthetic captions kept", *[str(r["web_pairs"]["synthetic_pairs"]) for r in rounds]])
+    rows.append(["    of which noisy", *[pct(r["web_pairs"]["synthetic_noise"]) for r in rounds]])
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     print()
     for row in [head, *rows]:

@@ -32,7 +32,7 @@ def env(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("HF_HUB_CACHE", str(cache))
     mp.setenv("HF_HUB_OFFLINE", "1")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield {"root": root, "urls": urls, "hub": hub, "pth": pth}
     ray.shutdown()
     mp.undo()

@@ -34,7 +34,7 @@ def env(tmp_path_factory):
     checkpoint = make_checkpoint(root / "ckpt")
     # 4 logical CPUs on 2 cores: two actors hold one each for their lifetime, and the
     # download tasks still need room to run.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield {"root": root, "world": world, "urls": urls, "ckpt": checkpoint, "server": server}
     ray.shutdown()
     server.stop()

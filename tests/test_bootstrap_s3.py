@@ -33,7 +33,7 @@ def env(tmp_path_factory):
         fs.put(str(urls), "capfilt/input/web.parquet")
         checkpoint = make_checkpoint(root / "ckpt")
         # started after the endpoint is in the environment: Ray's workers inherit it
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
             yield {"root": root, "fs": fs, "endpoint": endpoint, "ckpt": checkpoint,
                    "input": "s3://capfilt/input/web.parquet"}

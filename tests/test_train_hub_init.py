@@ -26,7 +26,7 @@ def hub_ray(tmp_path_factory):
     mp.setenv("HF_HUB_CACHE", str(cache))  # before Ray starts: the train workers inherit it
     mp.setenv("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield cache
     ray.shutdown()
     mp.undo()

@@ -51,7 +51,7 @@ def ray_local():
 
     # on a busy 2-core machine, starting two torch workers can pass Ray Train's 60 s default
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -161,7 +161,7 @@ def test_pretraining_reads_only_the_committed_pairs_from_s3(s3, tmp_path, monkey
     # on a busy 2-core machine, starting a torch worker can pass Ray Train's 60 s default
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     # inside the server's block: Ray's workers inherit AWS_ENDPOINT_URL and the keys
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         sources = resolve_sources([ROOT])
         pairs = pair_dataset(sources)
