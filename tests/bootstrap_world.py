@@ -98,7 +98,8 @@ def kill_job_once_committed(config: Path, log: Path, *, committed: Callable[[], 
                             clear_output: Callable[[], None]) -> None:
     """`python -m pipelines.bootstrap --config CONFIG`, as a user runs it, with a Ray of its own (a
     fresh temp dir, no RAY_ADDRESS: it never joins another instance), SIGKILLed with its whole
-    process group as soon as `committed()` is truthy (or after 300 s). Asserts that it was the kill
+    process group as soon as `committed()` is truthy (or after 900 s: a machine busy with other work
+    took over 300 s to commit a first shard). Asserts that it was the kill
     that ended the job; every Ray process it started is stopped. Its output goes to `log`."""
     ray_tmp = tempfile.mkdtemp(prefix="ray-killed-")  # short: Ray's socket paths have a length limit
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -112,7 +113,7 @@ def kill_job_once_committed(config: Path, log: Path, *, committed: Callable[[], 
                 job = subprocess.Popen([sys.executable, "-m", "pipelines.bootstrap", "--config", str(config)],
                                        cwd=REPO, env=env, start_new_session=True, stdout=log_file,
                                        stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 900
             while job.poll() is None and time.monotonic() < deadline and not committed():
                 time.sleep(0.05)
             if job.poll() is not None and "timed out during startup" in log.read_text(errors="replace"):
