@@ -40,7 +40,7 @@ demo-full: install
 # knows no Ray) fails the run before any test does.
 test: install $(OPENCLIP_VENV)/bin/python
 	$(BIN)/lint-imports --no-cache
-	CAPFILT_OPENCLIP_PYTHON=$(OPENCLIP_VENV)/bin/python $(BIN)/python -m pytest -q
+	CAPFILT_OPENCLIP_PYTHON=$(OPENCLIP_VENV)/bin/python $(BIN)/python -m pytest -q --durations=25
 
 # The fast tier, for a developer between edits: the layer contract and every test not marked
 # `slow` (a slow test takes over ~20 s on 2 cores: a Ray job end to end, or training).
