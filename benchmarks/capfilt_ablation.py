@@ -30,7 +30,8 @@ the synthetic captions: distinct captions per captioned image (distinct caption 
 images they describe: 1.0 when no two images got the same caption; one caption per image is
 sampled, as in BLIP). Writes JSON and a Markdown table laid out like the paper's Table 1 (mean ±
 half the range over seeds), and each dataset's difference from web as is paired by seed (each
-seed is its own world and test set, so that difference is the fair comparison). A benchmark, not a test; the budget is a flag.
+seed is its own world and test set, so that difference is the fair comparison). A benchmark, not
+a test; the budget is a flag.
 
 The recipe is BLIP's code's, through the jobs' defaults: nucleus sampling with top-k 50 before
 top-p 0.9 and repetition penalty 1.1; pre-training positives are the pair itself, the filter's
