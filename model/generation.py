@@ -21,6 +21,7 @@ from typing import Iterator, Protocol, Sequence
 import torch
 
 from model.config import TokenIds
+from model.decode_cache import StaticCacheDecoder
 from model.generation_settings import GenerationSettings  # its home; imported from here too
 from model.med import MED
 
@@ -107,55 +108,32 @@ def _caption_ids(seq: list[int], prefix_len: int, tokens: TokenIds) -> list[int]
 
 
 # ---- shared pieces ------------------------------------------------------------------------------
-class _Decoder:
-    """Next-token logits for a shrinking set of rows, with or without the KV cache.
+class _RecomputeDecoder:
+    """Next-token logits with no cache: every step runs the decoder over the whole sequence so
+    far (the benchmarks' baseline, and the reference the cached path is tested against)."""
 
-    With the cache, the prompt is prefilled once per image and the cache (self-attention K/V of
-    the prompt, cross-attention K/V of the image) repeated to the image's rows; later steps feed
-    one token. Without it, every step runs the decoder over the whole sequence so far.
-    """
-
-    def __init__(self, med: MED, image_embeds: torch.Tensor, prefix: list[int], rows_per_image: int, use_cache: bool):
-        self.med, self.use_cache = med, use_cache
-        batch = image_embeds.shape[0]
-        device = image_embeds.device
+    def __init__(self, med: MED, image_embeds: torch.Tensor, rows_per_image: int):
+        self.med = med
         # (R, 1 + N, Dv); with one row per image, the rows are the images (no copy)
         self.embeds = image_embeds.repeat_interleave(rows_per_image, dim=0) if rows_per_image > 1 else image_embeds
-        self.cache = None
-        if use_cache:
-            ids = torch.tensor([prefix], device=device).expand(batch, -1)
-            logits, self.cache = med.lm_logits(
-                ids, torch.ones_like(ids), image_embeds, use_cache=True, replace_first=False, last_only=True
-            )
-            if rows_per_image > 1:  # the cross K/V are 12 x 2 x 577 x 768 per image at base: copy only if needed
-                self.cache.batch_repeat_interleave(rows_per_image)
-            self.first_logits = logits[:, -1, :].float().repeat_interleave(rows_per_image, dim=0)
 
     def next_logits(self, seqs: torch.Tensor, cur_len: int, first: bool) -> torch.Tensor:
         """seqs: (R, >= cur_len) of the live rows -> (R, V) logits for position cur_len."""
-        if self.use_cache and first:
-            return self.first_logits
         mask = torch.ones(seqs.shape[0], cur_len, dtype=torch.long, device=seqs.device)
-        if self.use_cache:
-            logits, self.cache = self.med.lm_logits(
-                seqs[:, cur_len - 1 : cur_len], mask, self.embeds,
-                past_key_values=self.cache, use_cache=True, replace_first=False,
-            )
-        else:
-            logits = self.med.lm_logits(seqs[:, :cur_len], mask, self.embeds, replace_first=False)
-        return logits[:, -1, :].float()
+        return self.med.lm_logits(seqs[:, :cur_len], mask, self.embeds, replace_first=False)[:, -1, :].float()
 
     def keep_rows(self, index: torch.Tensor) -> None:
-        """Drop finished rows (index: the rows kept, in order)."""
         self.embeds = self.embeds[index]
-        if self.cache is not None:
-            self.cache.batch_select_indices(index)
 
     def reorder_beams(self, index: torch.Tensor) -> None:
-        # Beams are only ever reordered among the rows of one image, whose cross-attention K/V
-        # are identical: only the self-attention cache needs the gather.
-        if self.cache is not None:
-            self.cache.self_attention_cache.reorder_cache(index)
+        pass  # every row of an image attends to the same states; there is no cache to reorder
+
+
+def _decoder(med: MED, image_embeds: torch.Tensor, prefix: list[int], rows_per_image: int,
+             settings: GenerationSettings, use_cache: bool):
+    if use_cache:
+        return StaticCacheDecoder(med, image_embeds, prefix, rows_per_image, settings.max_length)
+    return _RecomputeDecoder(med, image_embeds, rows_per_image)
 
 
 def _penalize_repeats(scores: torch.Tensor, seqs: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -254,7 +232,7 @@ def _nucleus(
     seqs[:, : len(prefix)] = torch.tensor(prefix, device=device)
     lengths = torch.full((rows,), settings.max_length, dtype=torch.long)
     live = torch.arange(rows, device=device)  # rows still writing, in order
-    decoder = _Decoder(med, image_embeds, prefix, k, use_cache)
+    decoder = _decoder(med, image_embeds, prefix, k, settings, use_cache)
 
     for step, cur_len in enumerate(range(len(prefix), settings.max_length)):
         logits = decoder.next_logits(seqs[live], cur_len, first=step == 0)
@@ -295,7 +273,7 @@ def beam_search(
     beam_scores[:, 0] = 0.0
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
     done = [False] * batch
-    decoder = _Decoder(med, image_embeds, prefix, nb, use_cache)
+    decoder = _decoder(med, image_embeds, prefix, nb, settings, use_cache)
     base = torch.arange(batch, device=device).unsqueeze(1) * nb  # (B, 1) first row of each image
 
     def score(sum_logprobs: float, length: int) -> float:

@@ -159,7 +159,7 @@ class MED(nn.Module):
         ids = self._with_first(input_ids, self.config.tokens.enc)
         hidden = encoder.embeddings(input_ids=ids)  # (M, T, Dt)
         self_mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
-        slots, width = _group_slots(owner, image_embeds.shape[0])
+        slots, width = group_slots(owner, image_embeds.shape[0])
         for layer in encoder.encoder.layer:  # BlipTextLayer.forward, with the cross-attention shared
             hidden, _ = layer.attention(hidden, attention_mask=self_mask)
             hidden = _shared_cross_attention(layer.crossattention, hidden, image_embeds, slots, width)
@@ -199,7 +199,7 @@ class MED(nn.Module):
         return [self.vision, self.text_encoder, self.vision_proj, self.text_proj, self.itm_head]
 
 
-def _group_slots(owner: torch.Tensor, images: int) -> tuple[torch.Tensor, int]:
+def group_slots(owner: torch.Tensor, images: int) -> tuple[torch.Tensor, int]:
     """Caption i's row in an (images x width) grid, width = most captions of one image: caption
     i goes to row owner[i] * width + (its rank among that image's captions)."""
     counts = torch.bincount(owner, minlength=images)

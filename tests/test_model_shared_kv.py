@@ -7,7 +7,7 @@ import torch
 from transformers import BlipForImageTextRetrieval
 
 from model.hf_interop import med_from_retrieval_state
-from model.med import _group_slots
+from model.med import group_slots
 from model.scoring import _whole_image_chunks, score_captions
 from tests.model_helpers import CORPUS, blip_config, jitter, pixels, small_config, tiny_tokenizer
 
@@ -90,7 +90,7 @@ def test_chunk_and_slot_plans():
     assert _whole_image_chunks([0, 0, 0, 1, 2, 2], 4) == [(0, 4), (4, 6)]
     assert _whole_image_chunks([0, 0, 0, 1, 2, 2], 2) == [(0, 2), (2, 4), (4, 6)]
     assert _whole_image_chunks([0, 0, 0, 1, 2, 2], 100) == [(0, 6)]
-    slots, width = _group_slots(torch.tensor([2, 0, 2, 2, 1]), 3)
+    slots, width = group_slots(torch.tensor([2, 0, 2, 2, 1]), 3)
     assert width == 3 and slots.tolist() == [6, 0, 7, 8, 3]
 
 
