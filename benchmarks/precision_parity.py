@@ -11,7 +11,8 @@ be fetched here), the same images and texts through the float32 and the bf16 mod
         trained filter's do;
   LM    teacher-forced over float32's own nucleus captions: total variation distance between the
         next-token distributions (the least chance, over couplings, that a draw differs), top-1
-        agreement, and the logits' RMS error relative to their spread.
+        agreement, and the logits' RMS error relative to their spread; again ("lm_cached") with the
+        bf16 logits from the static-cache decoder that captioning runs (model/decode_cache.py).
 Tolerances (the tests' on a small model; stated here for base): ITM |dp| <= 0.02, mean TV <= 0.06.
 """
 
@@ -26,6 +27,7 @@ import torch
 from benchmarks.machine import machine
 from benchmarks.random_blip import make_blip_checkpoints
 from model.checkpoint import load_checkpoint
+from model.decode_cache import StaticCacheDecoder
 from model.generation import GenerationSettings, generate_captions
 from model.precision import cast_for_inference
 
@@ -70,6 +72,17 @@ def main(argv: list[str] | None = None) -> dict:
                         "logit_rms_error_over_std": float((lm[0] - lm[1]).pow(2).mean().sqrt() / lm[0].std()),
                         "fp32_mean_top1_probability": float(probs[0].max(-1).values.mean()),
                         "within_tolerance": bool(tv.mean() <= TV_TOL)}
+        # the same teacher-forced positions through what captioning runs: bf16 over the static cache
+        seqs = ids.clone()
+        seqs[:, 0] = cfg.tokens.dec
+        decoder = StaticCacheDecoder(cap16, cap16.encode_image(images), [cfg.tokens.dec], 1, ids.shape[1])
+        steps = [decoder.first_logits] + [decoder.next_logits(seqs, cur, first=False) for cur in range(2, ids.shape[1] + 1)]
+        cached = torch.stack(steps, 1)[mask.bool()]
+        tv_cached = 0.5 * (probs[0] - cached.softmax(-1)).abs().sum(-1)
+        report["lm_cached"] = {"positions": int(tv_cached.numel()), "mean_tv": float(tv_cached.mean()),
+                               "max_tv": float(tv_cached.max()),
+                               "top1_agreement": float((lm[0].argmax(-1) == cached.argmax(-1)).float().mean()),
+                               "within_tolerance": bool(tv_cached.mean() <= TV_TOL)}
         # every text against every image: matched-looking and mismatched pairs alike
         texts = WEB + captions[: max(0, 12 - len(WEB))]
         owner = torch.arange(n).repeat_interleave(len(texts))
@@ -91,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["itm_spread_head"] = itm_figures(spread["fp32"], spread["bf16"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("lm", "itm", "itm_spread_head")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("lm", "lm_cached", "itm", "itm_spread_head")}, indent=2))
     return report
 
 

@@ -197,6 +197,27 @@ def test_resume_redoes_only_missing_shards_and_ends_identical(env, main_run):
 
 
 @pytest.mark.slow
+def test_fused_model_stages_write_what_the_split_pools_write(env, main_run):
+    """--model-stages fused: actors that caption then filter their batches, same rows out."""
+    settings, manifest = main_run
+    out = env["root"] / "fused"
+    fused = run_bootstrap(settings.model_copy(update={"output": str(out), "model_stages": "fused"}), verbose=False)
+    split_rows, fused_rows = read_output(settings.output), read_output(out)
+    assert [r["key"] for r in fused_rows] == [r["key"] for r in split_rows]
+    for a, b in zip(split_rows, fused_rows):
+        assert (b["status"], b["synthetic_captions"], b["synthetic_kept"], b["web_kept"]) == (
+            a["status"], a["synthetic_captions"], a["synthetic_kept"], a["web_kept"]), a["key"]
+        assert b["synthetic_itm"] == pytest.approx(a["synthetic_itm"], abs=1e-5)
+        assert (b["web_itm"] is None) == (a["web_itm"] is None)
+        if a["web_itm"] is not None:
+            assert b["web_itm"] == pytest.approx(a["web_itm"], abs=1e-5)
+    assert fused["status"] == manifest["status"] and fused["kept"] == manifest["kept"]
+    # both models' busy time is still counted, stage by stage
+    assert fused["stages"]["caption"]["images"] == fused["stages"]["filter"]["images"] == fused["status"]["ok"]
+    assert fused["stages"]["caption"]["busy_seconds"] > 0 and fused["stages"]["filter"]["busy_seconds"] > 0
+
+
+@pytest.mark.slow
 def test_refuses_to_mix_runs(env, main_run):
     settings, _ = main_run
     with pytest.raises(BootstrapError, match="--resume"):

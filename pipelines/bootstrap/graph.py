@@ -59,7 +59,8 @@ def _imported(name: str, target: str) -> type:
 
 
 MODEL_STAGES = {"caption": _imported("CaptionStage", "pipelines.bootstrap.caption_stage:CaptionStage"),
-                "filter": _imported("FilterStage", "pipelines.bootstrap.filter_stage:FilterStage")}
+                "filter": _imported("FilterStage", "pipelines.bootstrap.filter_stage:FilterStage"),
+                "fused": _imported("CaptionFilterStage", "pipelines.bootstrap.capfilt_stage:CaptionFilterStage")}
 
 
 def build_graph(plan: InputPlan, shards: list, settings: BootstrapSettings,
@@ -83,9 +84,14 @@ def build_graph(plan: InputPlan, shards: list, settings: BootstrapSettings,
         # Blocks of one model batch let the filter score batch i while the captioner does i+1.
         ds = ds.repartition(target_num_rows_per_block=settings.batch_size)
         model_resources = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.num_gpus_per_actor or None}
-        ds = ds.map_batches(classes["caption"], fn_constructor_args=(settings,), batch_size=settings.batch_size,
-                            compute=ActorPoolStrategy(size=settings.captioner_actors), **model_resources)
-        ds = ds.map_batches(classes["filter"], fn_constructor_args=(settings,), batch_size=settings.batch_size,
-                            compute=ActorPoolStrategy(size=settings.filter_actors), **model_resources)
+        if settings.model_stages == "fused":  # as many actors as the two pools would have, each doing both
+            ds = ds.map_batches(classes["fused"], fn_constructor_args=(settings,), batch_size=settings.batch_size,
+                                compute=ActorPoolStrategy(size=settings.captioner_actors + settings.filter_actors),
+                                **model_resources)
+        else:
+            ds = ds.map_batches(classes["caption"], fn_constructor_args=(settings,), batch_size=settings.batch_size,
+                                compute=ActorPoolStrategy(size=settings.captioner_actors), **model_resources)
+            ds = ds.map_batches(classes["filter"], fn_constructor_args=(settings,), batch_size=settings.batch_size,
+                                compute=ActorPoolStrategy(size=settings.filter_actors), **model_resources)
     return ds.map_batches(run_as_task, fn_kwargs={"stage_cls": PartWriter, "settings": settings},
                           batch_format="pyarrow", batch_size=None, num_cpus=IO_TASK_CPUS)

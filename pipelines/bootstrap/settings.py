@@ -22,7 +22,7 @@ ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center
 # Settings that change how the work runs but not what it produces: a resumed run may change them
 # (pipelines/run_folder.py), in `capfilt bootstrap` and in the rounds loop's bootstrap section.
 OPERATIONAL = {"output", "resume", "overwrite", "captioner_actors", "filter_actors", "num_gpus_per_actor",
-               "cpus_per_actor", "batch_size", "download_threads", "download_batch_size", "download_cpus",
+               "cpus_per_actor", "model_stages", "batch_size", "download_threads", "download_batch_size", "download_cpus",
                "storage_options", "stage_retries", "progress_seconds"}
 
 
@@ -98,6 +98,11 @@ class BootstrapSettings(BaseModel):
     # -- caption ---------------------------------------------------------------------------
     captioner_actors: int = Field(1, ge=1, le=1024, description="Captioner actor pool size.")
     filter_actors: int = Field(1, ge=1, le=1024, description="Filter actor pool size.")
+    model_stages: Literal["split", "fused"] = Field(
+        "split", description="split: a captioner pool, then a filter pool; fused: captioner_actors + "
+                             "filter_actors actors, each captioning then filtering its batches with both "
+                             "models (balanced by construction: on 2 CPU cores, 1.1x the split layout's "
+                             "images/s, benchmarks/bootstrap_vs_transformers.py).")
     num_gpus_per_actor: float = Field(0.0, ge=0, le=8, description="GPUs per caption/filter actor.")
     cpus_per_actor: float = Field(1.0, gt=0, le=64, description="CPUs per caption/filter actor.")
     batch_size: int = Field(16, ge=1, le=4096, description="Images per caption/filter batch.")
