@@ -62,7 +62,7 @@ def run_capfilt(input_path: Path, out: Path, ckpt: dict[str, Path], args: argpar
            "--captioner", str(ckpt["captioner"]), "--filter", str(ckpt["filter"]), "--allow-private-hosts",
            "--key-col", "key", "--num-captions", "1", "--top-p", str(args.top_p), "--max-length", str(args.max_length),
            "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-           "--captioner-actors", "1", "--filter-actors", "1", "--cpus-per-actor", "1",
+           "--captioner-actors", "1", "--filter-actors", "1", "--cpus-per-actor", "1", "--model-stages", args.model_stages,
            "--precision", args.precision, "--progress-seconds", "1", "--overwrite", *shlex.split(args.capfilt_args)]
     progress: list[tuple[float, int]] = []
     tail: list[str] = []
@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the smallest size")
     parser.add_argument("--repeats-large", type=int, default=1, help="repeats of the other sizes")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--model-stages", default="fused", choices=["split", "fused"],
+                        help="capfilt's layout: two actors that each caption then filter (fused), or a "
+                             "captioner actor and a filter actor (split)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--max-length", type=int, default=20)
@@ -220,7 +223,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "resolved_dtype": "bf16" if inference_dtype(args.precision, "cpu") == torch.bfloat16 else "fp32",
                      "top_p": args.top_p, "max_length": args.max_length, "num_captions": 1,
                      "image_size": args.image_size, "model": "BLIP-base shapes at 384 px, random weights",
-                     "capfilt": "1 captioner actor + 1 filter actor, 1 CPU each", "capfilt_args": args.capfilt_args, "plain_prefix": args.plain_prefix,
+                     "capfilt": "2 actors, 1 CPU each: --model-stages " + args.model_stages,
+                     "model_stages": args.model_stages, "capfilt_args": args.capfilt_args, "plain_prefix": args.plain_prefix,
                      "plain_loop": "fp32, one image at a time, torch's default threads"},
         "work": work(args), "runs": {}, "peak": {},
     }

@@ -25,7 +25,8 @@ def bootstrap_section(data: dict[str, Any]) -> list[str]:
     lines = [f"## capfilt bootstrap{extra} vs the plain transformers loop", "",
              f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, transformers {m['transformers']}, "
              f"ray {m['ray']}; {m['date']}. {st['model']}; top-p {st['top_p']}, max length {st['max_length']}, "
-             f"1 caption per image; capfilt batch {st['batch_size']}, precision {st['precision']} "
+             f"1 caption per image; capfilt batch {st['batch_size']}, model stages {st.get('model_stages', 'split')}, "
+             f"precision {st['precision']} "
              f"(ran {st['resolved_dtype']}). Matmul peak in this run: 1 thread {peak['1_thread']['fp32']['gflops']} "
              f"GFLOP/s fp32, {peak['1_thread']['bf16']['gflops']} bf16; 2 threads {peak['2_threads']['fp32']['gflops']} "
              f"fp32, {peak['2_threads']['bf16']['gflops']} bf16.", "",
