@@ -28,7 +28,8 @@ $(OPENCLIP_VENV)/bin/python: Makefile
 	$(OPENCLIP_VENV)/bin/pip install --quiet "open-clip-torch>=3.3" "torchvision<0.29" "webdataset>=0.2.111" pandas braceexpand
 	@touch $@
 
-# One whole round of CapFilt on the toy world served on loopback (about 17 min on 2 CPU cores).
+# One whole round of CapFilt on the toy world served on loopback (about 30-40 min on 2 CPU cores:
+# README, "make demo").
 demo: install
 	$(BIN)/python -m capfilt.demo --output $(DEMO_OUT)
 
@@ -51,7 +52,7 @@ test-fast: install
 # Speed at BLIP-base shapes (random weights made on the spot): the model levers one by one, bf16
 # parity, then `capfilt bootstrap` against the plain transformers loop at 32 and 256 images; JSON
 # and one Markdown summary (bench_summary.md) in benchmarks/results/. The plain loop's 256 images
-# are most of the time (~13-17 min on 2 cores): it runs once, and its time to image 32 stands for
+# are most of the time (~10-15 min on 2 cores): it runs once, and its time to image 32 stands for
 # the 32-image run (--plain-prefix), while capfilt's 32-image run is repeated 3 times.
 # BENCH_ARGS passes options to the comparison.
 BENCH_ARGS ?= --images 32 256 --repeats 3 --repeats-large 1 --plain-prefix

@@ -10,6 +10,8 @@ Levers, each timed interleaved (A, B, A, B, ...) on the same images, median of t
   precision_filter   score_captions in bf16 vs fp32 (shared K/V)
   vit_attention      the captioner's ViT (encode_image) with transformers' eager BlipAttention vs the
                      fused scaled_dot_product_attention (model.vision_attention); fp32 and bf16
+  decode_cache       generate_captions in bf16 over the static cache (model.decode_cache) vs transformers'
+                     DynamicCache through MED.lm_logits, on --decode-images images (the graph's batch)
   load_unfilled      load_checkpoint building the MED without random init vs with it
 Each timing comes with its FLOPs (model.flops) and the achieved rate as a share of the 1-thread
 matmul peak of its dtype, measured in the same run (benchmarks/matmul_peak.py).
@@ -30,6 +32,7 @@ from transformers.models.blip.modeling_blip import BlipAttention
 from benchmarks.matmul_peak import measure_in_subprocess
 from benchmarks.machine import machine
 from benchmarks.random_blip import make_blip_checkpoints
+from model import generation
 from model.checkpoint import load_checkpoint
 from model.flops import capfilt_flops, vit_flops
 from model.generation import GenerationSettings, decoder_prefix, generate_captions
@@ -39,6 +42,34 @@ from model.vision_attention import FusedBlipAttention
 from model.scoring import score_captions
 
 WEB = "a red circle on the left near the top of the picture"
+
+
+class TransformersCacheDecoder:
+    """The baseline of the decode_cache lever: next-token logits through MED.lm_logits with
+    transformers' DynamicCache (prefill once per image, the cache repeated to its rows, finished
+    rows dropped with batch_select_indices), as model.generation decoded before its static cache."""
+
+    def __init__(self, med: MED, image_embeds: torch.Tensor, prefix: list[int], rows_per_image: int):
+        self.med = med
+        self.embeds = image_embeds.repeat_interleave(rows_per_image, dim=0) if rows_per_image > 1 else image_embeds
+        ids = torch.tensor([prefix]).expand(image_embeds.shape[0], -1)
+        logits, self.cache = med.lm_logits(ids, torch.ones_like(ids), image_embeds, use_cache=True,
+                                           replace_first=False, last_only=True)
+        if rows_per_image > 1:
+            self.cache.batch_repeat_interleave(rows_per_image)
+        self.first_logits = logits[:, -1, :].float().repeat_interleave(rows_per_image, dim=0)
+
+    def next_logits(self, seqs: torch.Tensor, cur_len: int, first: bool) -> torch.Tensor:
+        if first:
+            return self.first_logits
+        mask = torch.ones(seqs.shape[0], cur_len, dtype=torch.long)
+        logits, self.cache = self.med.lm_logits(seqs[:, cur_len - 1 : cur_len], mask, self.embeds,
+                                                past_key_values=self.cache, use_cache=True, replace_first=False)
+        return logits[:, -1, :].float()
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        self.embeds = self.embeds[index]
+        self.cache.batch_select_indices(index)
 
 
 def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
@@ -77,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=20)
+    parser.add_argument("--decode-images", type=int, default=8, help="the decode_cache lever's batch")
     parser.add_argument("--workdir", type=Path, default=Path("out/bench-work"))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/model_levers.json"))
     args = parser.parse_args(argv)
@@ -150,6 +182,32 @@ def main(argv: list[str] | None = None) -> dict:
             report[f"vit_attention_{dtype}"] = lever(times, {"eager": n * vit_flops(cfg), "fused": n * vit_flops(cfg)},
                                                      peaks, {"eager": dtype, "fused": dtype})
             print(f"ViT fused attention ({dtype}): x{report[f'vit_attention_{dtype}']['speedup']:.2f}", flush=True)
+
+    # decoding over transformers' DynamicCache (what generation did before model/decode_cache.py) against
+    # the static cache, bf16, on a batch of the graph's size: decode costs depend on the batch
+    decode_images = torch.randn(args.decode_images, 3, cfg.image_size, cfg.image_size,
+                                generator=torch.Generator().manual_seed(1))
+
+    def decode(kind: str) -> Callable[[], Any]:
+        def run() -> Any:
+            original = generation._decoder
+            if kind == "transformers_cache":
+                generation._decoder = lambda med, embeds, prefix, k, _settings, _cache: TransformersCacheDecoder(
+                    med, embeds, prefix, k)
+            try:
+                return generate_captions(models["bf16"][0], tok, decode_images, list(range(args.decode_images)), settings)
+            finally:
+                generation._decoder = original
+        return run
+
+    with torch.inference_mode():
+        times = interleaved({"transformers_cache": decode("transformers_cache"), "static_cache": decode("static_cache")},
+                            args.repeats)
+        flops = args.decode_images * work[True].caption
+        report["decode_cache"] = lever(times, {"transformers_cache": flops, "static_cache": flops}, peaks,
+                                       {"transformers_cache": "bf16", "static_cache": "bf16"})
+        report["decode_cache"]["images"] = args.decode_images
+        print(f"caption over the static cache: x{report['decode_cache']['speedup']:.2f}", flush=True)
 
     def load_filled() -> None:  # the loader as it was: random init drawn, then overwritten
         original = MED.unfilled

@@ -68,11 +68,13 @@ def levers_section(data: dict[str, Any]) -> list[str]:
     for key, (a, b) in {"filter_shared_kv_fp32": ("per_caption_kv", "shared_kv"),
                         "filter_shared_kv_bf16": ("per_caption_kv", "shared_kv"),
                         "precision_caption": ("fp32", "bf16"), "precision_filter": ("fp32", "bf16"),
-                        "vit_attention_fp32": ("eager", "fused"), "vit_attention_bf16": ("eager", "fused")}.items():
+                        "vit_attention_fp32": ("eager", "fused"), "vit_attention_bf16": ("eager", "fused"),
+                        "decode_cache": ("transformers_cache", "static_cache")}.items():
         if key in data:
             d = data[key]
             share = d[b]["share_of_1_thread_peak"]
-            lines.append(f"| {key}: {a} -> {b} | {_f(d[a]['median_seconds'])} | {_f(d[b]['median_seconds'])} | "
+            label = f"{key} ({d['images']} images)" if "images" in d else key
+            lines.append(f"| {label}: {a} -> {b} | {_f(d[a]['median_seconds'])} | {_f(d[b]['median_seconds'])} | "
                          f"{_f(d['speedup'])}x | {_f(d['speedup_cpu'])}x | {_f(share and 100 * share, 0)} % |")
     if "load_unfilled" in data:
         d = data["load_unfilled"]
@@ -83,14 +85,19 @@ def levers_section(data: dict[str, Any]) -> list[str]:
 
 def parity_section(data: dict[str, Any]) -> list[str]:
     lm, itm, spread = data["lm"], data["itm"], data["itm_spread_head"]
-    return ["## bf16 parity with float32 (BLIP-base shapes, random weights)", "",
+    out = ["## bf16 parity with float32 (BLIP-base shapes, random weights)", "",
             f"- ITM: max |dp| {_f(itm['max_abs_dp'], 4)} (tolerance {data['tolerances']['itm_abs_dp']}); with a head "
             f"whose probabilities span {_f(spread['p_range_fp32'][0])}-{_f(spread['p_range_fp32'][1])}: max |dp| "
             f"{_f(spread['max_abs_dp'], 4)}, mean {_f(spread['mean_abs_dp'], 4)}.",
             f"- Captions, teacher-forced over {lm['positions']} positions: mean total variation "
             f"{_f(lm['mean_tv'], 4)} (tolerance {data['tolerances']['lm_mean_tv']}), top-1 agreement "
             f"{_f(100 * lm['top1_agreement'], 1)} %, logit RMS error {_f(100 * lm['logit_rms_error_over_std'], 1)} % "
-            "of the logits' spread.", ""]
+            "of the logits' spread."]
+    if "lm_cached" in data:
+        cached = data["lm_cached"]
+        out.append(f"- The same positions in bf16 through the static-cache decoder that captioning runs: mean total "
+                   f"variation {_f(cached['mean_tv'], 4)}, top-1 agreement {_f(100 * cached['top1_agreement'], 1)} %.")
+    return out + [""]
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -5,6 +5,7 @@ import torch
 from pydantic import ValidationError
 
 from model.config import TokenIds
+from model.decode_cache import StaticCacheDecoder
 from model.generation import (
     GenerationSettings, _forbid_eos, _nucleus_pick, _penalize_repeats, decoder_prefix, generate_captions, row_seed,
     sampling_distribution,
@@ -127,6 +128,34 @@ def test_cache_and_full_recompute_give_the_same_captions(med, tok, images, setti
     seeds = list(range(8))
     cached = generate_captions(med, tok, images, seeds, settings, use_cache=True)
     assert cached == generate_captions(med, tok, images, seeds, settings, use_cache=False)
+
+
+def test_static_cache_logits_match_a_full_pass_as_rows_finish_and_images_are_compacted(med, images):
+    """Rows leave the cache as they finish; once a quarter or more of the cached images have no
+    row left, their cross-attention K/V are dropped. The logits of the rows still writing stay those of a
+    full pass over their whole sequence (MED.lm_logits, no cache) at every step."""
+    k, prefix = 2, [med.config.tokens.dec, 7, 8]
+    with torch.no_grad():
+        embeds = med.encode_image(images)
+        decoder = StaticCacheDecoder(med, embeds, prefix, rows_per_image=k, max_length=12)
+        rows = torch.arange(len(images) * k)  # row r: image r // k
+        seqs = torch.tensor([prefix]).repeat(len(rows), 1)
+        logits = decoder.first_logits
+        slots = []
+        for cur_len in range(len(prefix), 10):
+            full = med.lm_logits(seqs, torch.ones_like(seqs), embeds[rows // k], replace_first=False)[:, -1, :]
+            assert torch.allclose(logits, full, atol=1e-4), cur_len
+            seqs = torch.cat([seqs, logits.argmax(-1, keepdim=True)], dim=1)
+            # finish one row of image 0 at a time, then both rows of two more images
+            drop = {4: [0], 5: [1, 2, 3], 6: [4, 5]}.get(cur_len, [])
+            keep = torch.tensor([i for i, r in enumerate(rows.tolist()) if r not in drop], dtype=torch.long)
+            if len(keep) < len(rows):
+                rows, seqs = rows[keep], seqs[keep]
+                decoder.keep_rows(keep)
+            slots.append(decoder.cross[0][0].shape[0])
+            logits = decoder.next_logits(seqs, cur_len + 1, first=False)
+    # images 0 and 1 gone (2 of 8): compacted to 6; image 2 gone (1 of 6): its slot stays, empty
+    assert slots == [8, 8, 6, 6, 6, 6, 6], slots
 
 
 # ---- lengths, prompt, eval mode ------------------------------------------------------------------
