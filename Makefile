@@ -52,8 +52,9 @@ test-fast: install
 # Speed at BLIP-base shapes (random weights made on the spot): the model levers one by one, bf16
 # parity, then `capfilt bootstrap` against the plain transformers loop at 32 and 256 images; JSON
 # and one Markdown summary (bench_summary.md) in benchmarks/results/. The plain loop's 256 images
-# are most of the time (~10-15 min on 2 cores): it runs once, and its time to image 32 stands for
-# the 32-image run (--plain-prefix), while capfilt's 32-image run is repeated 3 times.
+# are most of the time (~10 min on a 2-core Xeon with AMX, 21 min in float32 on an AVX2-only
+# EPYC): it runs once, and its time to image 32 stands for the 32-image run (--plain-prefix),
+# while capfilt's 32-image run is repeated 3 times.
 # BENCH_ARGS passes options to the comparison.
 BENCH_ARGS ?= --images 32 256 --repeats 3 --repeats-large 1 --plain-prefix
 bench: install

@@ -15,6 +15,8 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
+    from model.precision import fast_bf16
+
     cpu = "unknown"
     if Path("/proc/cpuinfo").is_file():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -24,5 +26,6 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "ray": ray.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "native_bf16": fast_bf16("cpu"),
             "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

@@ -10,11 +10,14 @@ Levers, each timed interleaved (A, B, A, B, ...) on the same images, median of t
   precision_filter   score_captions in bf16 vs fp32 (shared K/V)
   vit_attention      the captioner's ViT (encode_image) with transformers' eager BlipAttention vs the
                      fused scaled_dot_product_attention (model.vision_attention); fp32 and bf16
-  decode_cache       generate_captions in bf16 over the static cache (model.decode_cache) vs transformers'
-                     DynamicCache through MED.lm_logits, on --decode-images images (the graph's batch)
+  decode_cache       generate_captions over the static cache (model.decode_cache) vs transformers'
+                     DynamicCache through MED.lm_logits, on --decode-images images (the graph's batch),
+                     in the precision `--precision auto` picks on this CPU
   load_unfilled      load_checkpoint building the MED without random init vs with it
 Each timing comes with its FLOPs (model.flops) and the achieved rate as a share of the 1-thread
 matmul peak of its dtype, measured in the same run (benchmarks/matmul_peak.py).
+On a CPU without native bf16 the bf16 levers are skipped (the JSON says so): PyTorch emulates
+bf16 there some 40x slower than float32, and `--precision auto` never picks it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from model.checkpoint import load_checkpoint
 from model.flops import capfilt_flops, vit_flops
 from model.generation import GenerationSettings, decoder_prefix, generate_captions
 from model.med import MED
-from model.precision import cast_for_inference
+from model.precision import cast_for_inference, fast_bf16
 from model.vision_attention import FusedBlipAttention
 from model.scoring import score_captions
 
@@ -116,11 +119,15 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = make_blip_checkpoints(args.workdir / "checkpoints", "base", image_size=384)
     peak = measure_in_subprocess(1)
     peaks = {"fp32": peak["fp32"]["gflops"], "bf16": peak["bf16"]["gflops"]}
+    dtypes = ("fp32", "bf16") if fast_bf16("cpu") else ("fp32",)
+    auto = dtypes[-1]  # what `--precision auto` runs here
 
     cap, filt = load_checkpoint(ckpt["captioner"]), load_checkpoint(ckpt["filter"])
     tok, cfg = cap.tokenizer, cap.config
     models = {"fp32": (cap.med.eval(), filt.med.eval())}
-    models["bf16"] = tuple(cast_for_inference(load_checkpoint(ckpt[r]).med, torch.bfloat16) for r in ("captioner", "filter"))
+    if "bf16" in dtypes:
+        models["bf16"] = tuple(cast_for_inference(load_checkpoint(ckpt[r]).med, torch.bfloat16)
+                               for r in ("captioner", "filter"))
     n = args.images
     images = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
     settings = GenerationSettings(max_length=args.max_length, top_p=0.9)
@@ -145,21 +152,26 @@ def main(argv: list[str] | None = None) -> dict:
                               "gflop_per_image": {"caption": work[True].caption / 1e9,
                                                   "filter_shared_kv": work[True].filter / 1e9,
                                                   "filter_per_caption_kv": work[False].filter / 1e9}}
+    if "bf16" not in dtypes:
+        report["skipped"] = ("the bf16 levers (precision_*, *_bf16): this CPU has no native bf16 (AVX512-BF16 or AMX), "
+                             "so `--precision auto` runs float32; decode_cache ran in float32")
     with torch.inference_mode():
-        for dtype in ("fp32", "bf16"):
+        for dtype in dtypes:
             times = interleaved({"per_caption_kv": score(dtype, False), "shared_kv": score(dtype, True)}, args.repeats)
             report[f"filter_shared_kv_{dtype}"] = lever(
                 times, {"per_caption_kv": filter_flops[False], "shared_kv": filter_flops[True]}, peaks,
                 {"per_caption_kv": dtype, "shared_kv": dtype})
             print(f"filter shared K/V ({dtype}): x{report[f'filter_shared_kv_{dtype}']['speedup']:.2f}", flush=True)
-        times = interleaved({"fp32": caption("fp32"), "bf16": caption("bf16")}, args.repeats)
-        report["precision_caption"] = lever(times, {"fp32": caption_flops, "bf16": caption_flops}, peaks,
-                                            {"fp32": "fp32", "bf16": "bf16"})
-        print(f"caption bf16: x{report['precision_caption']['speedup']:.2f}", flush=True)  # noqa
-        times = interleaved({"fp32": score("fp32", True), "bf16": score("bf16", True)}, args.repeats)
-        report["precision_filter"] = lever(times, {"fp32": filter_flops[True], "bf16": filter_flops[True]}, peaks,
-                                           {"fp32": "fp32", "bf16": "bf16"})
-        print(f"filter bf16: x{report['precision_filter']['speedup']:.2f}", flush=True)
+    if "bf16" in dtypes:
+        with torch.inference_mode():
+            times = interleaved({"fp32": caption("fp32"), "bf16": caption("bf16")}, args.repeats)
+            report["precision_caption"] = lever(times, {"fp32": caption_flops, "bf16": caption_flops}, peaks,
+                                                {"fp32": "fp32", "bf16": "bf16"})
+            print(f"caption bf16: x{report['precision_caption']['speedup']:.2f}", flush=True)  # noqa
+            times = interleaved({"fp32": score("fp32", True), "bf16": score("bf16", True)}, args.repeats)
+            report["precision_filter"] = lever(times, {"fp32": filter_flops[True], "bf16": filter_flops[True]}, peaks,
+                                               {"fp32": "fp32", "bf16": "bf16"})
+            print(f"filter bf16: x{report['precision_filter']['speedup']:.2f}", flush=True)
 
     def vit(dtype: str, attention: type) -> Callable[[], Any]:
         def run() -> Any:
@@ -176,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         return run
 
     with torch.inference_mode():
-        for dtype in ("fp32", "bf16"):
+        for dtype in dtypes:
             times = interleaved({"eager": vit(dtype, BlipAttention), "fused": vit(dtype, FusedBlipAttention)},
                                 args.repeats)
             report[f"vit_attention_{dtype}"] = lever(times, {"eager": n * vit_flops(cfg), "fused": n * vit_flops(cfg)},
@@ -184,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"ViT fused attention ({dtype}): x{report[f'vit_attention_{dtype}']['speedup']:.2f}", flush=True)
 
     # decoding over transformers' DynamicCache (what generation did before model/decode_cache.py) against
-    # the static cache, bf16, on a batch of the graph's size: decode costs depend on the batch
+    # the static cache, in the precision auto picks, on a batch of the graph's size: decode costs depend on the batch
     decode_images = torch.randn(args.decode_images, 3, cfg.image_size, cfg.image_size,
                                 generator=torch.Generator().manual_seed(1))
 
@@ -195,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
                 generation._decoder = lambda med, embeds, prefix, k, _settings, _cache: TransformersCacheDecoder(
                     med, embeds, prefix, k)
             try:
-                return generate_captions(models["bf16"][0], tok, decode_images, list(range(args.decode_images)), settings)
+                return generate_captions(models[auto][0], tok, decode_images, list(range(args.decode_images)), settings)
             finally:
                 generation._decoder = original
         return run
@@ -205,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
                             args.repeats)
         flops = args.decode_images * work[True].caption
         report["decode_cache"] = lever(times, {"transformers_cache": flops, "static_cache": flops}, peaks,
-                                       {"transformers_cache": "bf16", "static_cache": "bf16"})
+                                       {"transformers_cache": auto, "static_cache": auto})
         report["decode_cache"]["images"] = args.decode_images
         print(f"caption over the static cache: x{report['decode_cache']['speedup']:.2f}", flush=True)
 

@@ -18,6 +18,17 @@ def _f(x: Any, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _peaks(peak: dict[str, Any]) -> str:
+    """'1 thread X GFLOP/s fp32, Y bf16; 2 threads ...', bf16 left out where it was not measured."""
+    def one(key: str) -> str:
+        rates = [f"{peak[key][dtype]['gflops']} {dtype}" for dtype in ("fp32", "bf16") if peak[key][dtype]["gflops"]]
+        return ", ".join(rates)
+    text = f"1 thread {one('1_thread')}; 2 threads {one('2_threads')} (GFLOP/s)"
+    if not peak["1_thread"]["bf16"]["gflops"]:
+        text += "; bf16 not measured: this CPU has no native bf16"
+    return text
+
+
 def bootstrap_section(data: dict[str, Any]) -> list[str]:
     s, m, st = data["summary"], data["machine"], data["settings"]
     peak = data["peak"]
@@ -27,9 +38,7 @@ def bootstrap_section(data: dict[str, Any]) -> list[str]:
              f"ray {m['ray']}; {m['date']}. {st['model']}; top-p {st['top_p']}, max length {st['max_length']}, "
              f"1 caption per image; capfilt batch {st['batch_size']}, model stages {st.get('model_stages', 'split')}, "
              f"precision {st['precision']} "
-             f"(ran {st['resolved_dtype']}). Matmul peak in this run: 1 thread {peak['1_thread']['fp32']['gflops']} "
-             f"GFLOP/s fp32, {peak['1_thread']['bf16']['gflops']} bf16; 2 threads {peak['2_threads']['fp32']['gflops']} "
-             f"fp32, {peak['2_threads']['bf16']['gflops']} bf16.", "",
+             f"(ran {st['resolved_dtype']}). Matmul peak in this run: {_peaks(peak)}.", "",
              "| images | repeats | capfilt s | plain loop s | speedup | goal |", "|---|---|---|---|---|---|"]
     goals = {32: ">= 2x", 256: ">= 3x"}
     for n in sorted(int(k) for k in data["runs"]):
@@ -65,6 +74,8 @@ def levers_section(data: dict[str, Any]) -> list[str]:
              "Speedup = A's time / B's, wall clock and CPU time (one thread: CPU time is what the process computed, "
              "less disturbed by other load); share of peak from CPU time.", "",
              "| lever | A s | B s | speedup (wall) | speedup (CPU) | B's share of 1-thread peak |", "|---|---|---|---|---|---|"]
+    if data.get("skipped"):
+        lines[2:2] = [f"On {data['machine']['cpu']}: {data['skipped']}", ""]
     for key, (a, b) in {"filter_shared_kv_fp32": ("per_caption_kv", "shared_kv"),
                         "filter_shared_kv_bf16": ("per_caption_kv", "shared_kv"),
                         "precision_caption": ("fp32", "bf16"), "precision_filter": ("fp32", "bf16"),
@@ -84,6 +95,8 @@ def levers_section(data: dict[str, Any]) -> list[str]:
 
 
 def parity_section(data: dict[str, Any]) -> list[str]:
+    if data.get("skipped"):
+        return ["## bf16 parity with float32", "", f"On {data['machine']['cpu']}: {data['skipped']}", ""]
     lm, itm, spread = data["lm"], data["itm"], data["itm_spread_head"]
     out = ["## bf16 parity with float32 (BLIP-base shapes, random weights)", "",
             f"- ITM: max |dp| {_f(itm['max_abs_dp'], 4)} (tolerance {data['tolerances']['itm_abs_dp']}); with a head "
