@@ -52,7 +52,7 @@ class Checkpoint:
     med: MED
     tokenizer: TextTokenizer
     config: MEDConfig
-    sha256: str
+    sha256: str | None  # None where the loader was asked not to hash (hashed=False)
     kind: Kind
     path: Path
     roles: tuple[str, ...] = ("captioner", "filter")  # the modes whose weights are trained
@@ -160,18 +160,21 @@ def load_checkpoint(
     *,
     image_size: int | None = None,
     config: MEDConfig | None = None,
+    hashed: bool = True,
 ) -> Checkpoint:
     """Load any supported checkpoint into a MED (eval mode) on `device`.
 
     `image_size` resizes the ViT's position embeddings; `config` overrides the architecture read
     off a `.pth` (which carries none) when its heads are not width / 64. `path` may also be a
-    released-weights preset or a hub name (model/hub.py).
+    released-weights preset or a hub name (model/hub.py). hashed=False leaves `sha256` None: for
+    a loader that records no identity (a bootstrap stage actor: its driver hashes the checkpoint
+    once for the manifest), as hashing reads every byte of the weights again.
     """
     resolved = resolve_checkpoint(path)
     path = resolved.path
     kind = detect_kind(path)
     directory = path.parent if path.is_file() else path
-    sha = checkpoint_hash(path)
+    sha = checkpoint_hash(path) if hashed else None
     extra: dict[str, Any] = {}
     skipped: list[str] = []
     left: list[str] = []

@@ -77,6 +77,14 @@ def test_hash_is_stable_and_tracks_the_weights(med, tok, tmp_path):
     assert checkpoint_hash(tmp_path / "c") != h
 
 
+def test_a_load_without_the_hash_gives_the_same_model_and_no_sha(med, tok, tmp_path):
+    save_checkpoint(tmp_path / "a", med, tok)
+    hashed, unhashed = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "a", hashed=False)
+    assert hashed.sha256 == checkpoint_hash(tmp_path / "a") and unhashed.sha256 is None
+    a, b = hashed.med.state_dict(), unhashed.med.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_save_replaces_an_old_checkpoint_and_leaves_no_temp_folders(med, tok, tmp_path):
     save_checkpoint(tmp_path / "ck", med, tok, extra={"v": 1})
     save_checkpoint(tmp_path / "ck", med, tok, extra={"v": 2})
