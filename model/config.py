@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import BlipTextConfig, BlipVisionConfig
+if TYPE_CHECKING:  # imported where used: every `capfilt` command reads this module, and
+    # transformers brings torch (~2.5 s of a command's start on a 2-core machine)
+    from transformers import BlipTextConfig, BlipVisionConfig
 
 # CLIP's normalisation, which BLIP and transformers' BlipImageProcessor use.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -88,6 +90,8 @@ class MEDConfig:
         return cls(**data)
 
     def vision_config(self) -> BlipVisionConfig:
+        from transformers import BlipVisionConfig
+
         return BlipVisionConfig(
             hidden_size=self.vision_width,
             intermediate_size=self.vision_mlp,
@@ -101,6 +105,8 @@ class MEDConfig:
         )
 
     def text_config(self) -> BlipTextConfig:
+        from transformers import BlipTextConfig
+
         return BlipTextConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.text_width,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from model.released import RELEASED, ReleasedWeights
-from model.weights_io import CheckpointError
+from model.checkpoint_error import CheckpointError
 
 # Files a checkpoint needs: config, tokenizer, weights (safetensors first; .bin / .pth only when
 # a repo has no safetensors, so that a repo holding all three formats is fetched once).

@@ -18,9 +18,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and the tensors."""
+from model.checkpoint_error import CheckpointError
 
 
 def _check_safetensors_complete(path: Path) -> None:

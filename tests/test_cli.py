@@ -1,4 +1,5 @@
-"""The installed `capfilt` program: its help lists every command group."""
+"""The installed `capfilt` program: its help lists every command group, and it starts without
+the model libraries."""
 
 import subprocess
 import sys
@@ -15,6 +16,17 @@ def test_help_lists_every_subcommand():
     assert out.returncode == 0, out.stderr
     for name in COMMAND_MODULES:
         assert name in out.stdout, f"'{name}' missing from capfilt --help"
+
+
+def test_the_cli_and_the_bootstrap_driver_start_without_torch_or_transformers():
+    """Every command imports the CLI, and the bootstrap driver imports its run module, before
+    anything else; torch and transformers would add ~3 s to each on a 2-core machine. The driver
+    imports them in its hashing thread, beside Ray's start-up, and the actors in theirs."""
+    code = ("import sys, capfilt.cli, pipelines.bootstrap.run; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("name", COMMAND_MODULES)
