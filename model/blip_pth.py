@@ -108,7 +108,8 @@ def _decoder_is_tied(state: dict[str, torch.Tensor]) -> bool:
 
 
 def med_from_blip_pth(
-    state: dict[str, torch.Tensor], tokens: TokenIds, source: str, config: MEDConfig | None = None
+    state: dict[str, torch.Tensor], tokens: TokenIds, source: str, config: MEDConfig | None = None,
+    adopt: bool = False,
 ) -> tuple[MED, MEDConfig, list[str], list[str], tuple[str, ...]]:
     """(MED, its config, skipped keys, keys left at init, trained roles) from an original BLIP
     state dict: a captioner (visual_encoder + text_decoder), a retrieval/ITM model
@@ -134,6 +135,6 @@ def med_from_blip_pth(
         src, dst = "text_encoder.", "text_decoder.bert."
         renamed.update({dst + k[len(src):]: v.clone() for k, v in renamed.items() if k.startswith(src)})
         med, allow = MED.unfilled(config, tie=False), ("text_decoder.cls.", "temp")
-    left = assign_state(med, renamed, source, allow_missing=allow)
+    left = assign_state(med, renamed, source, allow_missing=allow, adopt=adopt)
     med.init_missing(left)
     return med, config, skipped, left, roles

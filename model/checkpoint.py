@@ -13,7 +13,6 @@ path it takes a released-weights preset or a hub name (model/hub.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,10 @@ from model.atomic_write import replacing_folder
 from model.blip_pth import med_from_blip_pth
 from model.config import MEDConfig
 from model.hub import ResolvedCheckpoint, resolve_checkpoint
-from model.hf_interop import CAPTION_ARCH, RETRIEVAL_ARCH, med_config_from_blip, med_from_captioning_state, med_from_retrieval_state
+from model.checkpoint_files import (
+    CONFIG_FILE, EXTRA_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, Kind, checkpoint_hash, detect_kind,
+)
+from model.hf_interop import med_config_from_blip, med_from_captioning_state, med_from_retrieval_state
 from model.med import MED
 from model.tokenizer import TextTokenizer
 from model.weights_io import (
@@ -34,17 +36,8 @@ from model.weights_io import (
     resize_position_embedding, unique_state,
 )
 
-FORMAT = "capfilt-med"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-EXTRA_FILE = "extra.json"
 POS_KEY = "vision.embeddings.position_embedding"
-# What the hash covers: the weights, the config, and the tokenizer (a different vocabulary is a
-# different model). extra.json is left out: it describes the weights, it is not them.
-HASHED_SUFFIXES = (".safetensors", ".pth", ".bin", ".json", ".txt")
 
-Kind = Literal["capfilt", "blip-caption", "blip-itm", "blip-pth"]
 
 
 @dataclass
@@ -60,33 +53,6 @@ class Checkpoint:
     skipped: list[str] = field(default_factory=list)  # foreign keys the MED has no place for
     left_at_init: list[str] = field(default_factory=list)  # MED tensors the file had no weights for
     source: ResolvedCheckpoint | None = None  # the reference it was loaded by, and where that led
-
-
-# ---- hashing ---------------------------------------------------------------------------------
-def _hashed_files(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.iterdir()
-        if p.is_file() and p.name != EXTRA_FILE and not p.name.startswith(".") and p.name.endswith(HASHED_SUFFIXES)
-    )
-
-
-def checkpoint_hash(path: str | Path) -> str:
-    """sha256 over (file name, file sha256) of the weight, config and tokenizer files, in name
-    order: the same bytes give the same hash wherever the folder lives. For a `.pth` file: that
-    file and the config and tokenizer files beside it (not the folder's other weight files)."""
-    path = Path(path)
-    if path.is_file():
-        files = sorted([path, *(p for p in _hashed_files(path.parent) if p.suffix in (".json", ".txt"))])
-    else:
-        files = _hashed_files(path)
-    outer = hashlib.sha256()
-    for path in files:
-        inner = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                inner.update(block)
-        outer.update(f"{path.name}\0{inner.hexdigest()}\n".encode())
-    return outer.hexdigest()
 
 
 # ---- saving ----------------------------------------------------------------------------------
@@ -111,28 +77,6 @@ def save_checkpoint(
 
 
 # ---- loading ---------------------------------------------------------------------------------
-def detect_kind(path: str | Path) -> Kind:
-    path = Path(path)
-    if path.is_file() and path.suffix == ".pth":
-        return "blip-pth"
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint directory")
-    config_path = path / CONFIG_FILE
-    if config_path.is_file():
-        data = json.loads(config_path.read_text())
-        if data.get("format") == FORMAT:
-            return "capfilt"
-        archs = data.get("architectures") or []
-        if CAPTION_ARCH in archs:
-            return "blip-caption"
-        if RETRIEVAL_ARCH in archs:
-            return "blip-itm"
-        raise CheckpointError(f"{config_path}: neither a capfilt checkpoint nor one of {CAPTION_ARCH}, {RETRIEVAL_ARCH} (architectures {archs})")
-    if len(list(path.glob("*.pth"))) == 1:
-        return "blip-pth"
-    raise CheckpointError(f"{path}: no {CONFIG_FILE} and not exactly one .pth file")
-
-
 def _load_tokenizer(directory: Path, what: str) -> TextTokenizer:
     try:
         return TextTokenizer.load(directory)
@@ -161,6 +105,7 @@ def load_checkpoint(
     image_size: int | None = None,
     config: MEDConfig | None = None,
     hashed: bool = True,
+    adopt: bool = False,
 ) -> Checkpoint:
     """Load any supported checkpoint into a MED (eval mode) on `device`.
 
@@ -168,7 +113,9 @@ def load_checkpoint(
     off a `.pth` (which carries none) when its heads are not width / 64. `path` may also be a
     released-weights preset or a hub name (model/hub.py). hashed=False leaves `sha256` None: for
     a loader that records no identity (a bootstrap stage actor: its driver hashes the checkpoint
-    once for the manifest), as hashing reads every byte of the weights again.
+    once for the manifest), as hashing reads every byte of the weights again. adopt=True makes the
+    tensors read the model's own weights instead of copying them (model.weights_io.assign_state):
+    one pass over the weights fewer, for a loader that holds no other copy of the file's tensors.
     """
     resolved = resolve_checkpoint(path)
     path = resolved.path
@@ -188,7 +135,7 @@ def load_checkpoint(
         state = read_safetensors(directory / WEIGHTS_FILE)
         med_config = _resize_for(state, med_config, image_size)
         med = MED.unfilled(med_config, tie=bool(header.get("tied", True)))
-        assign_state(med, state, str(directory / WEIGHTS_FILE))  # strict: every tensor or an error
+        assign_state(med, state, str(directory / WEIGHTS_FILE), adopt=adopt)  # strict: every tensor or an error
         if (directory / EXTRA_FILE).is_file():
             extra = json.loads((directory / EXTRA_FILE).read_text())
         roles = tuple(extra.get("roles", roles))
@@ -201,7 +148,7 @@ def load_checkpoint(
             state[key] = resize_position_embedding(state[key], image_size // med_config.patch_size)
             med_config = med_config.replace(image_size=image_size)
         convert = med_from_captioning_state if kind == "blip-caption" else med_from_retrieval_state
-        med, skipped, left = convert(state, med_config, source)
+        med, skipped, left = convert(state, med_config, source, adopt=adopt)
         roles = ("captioner",) if kind == "blip-caption" else ("filter",)
     else:
         pth = path if path.is_file() else next(directory.glob("*.pth"))
@@ -212,7 +159,7 @@ def load_checkpoint(
         if "visual_encoder.pos_embed" in state and image_size is not None:
             patch = state["visual_encoder.patch_embed.proj.weight"].shape[-1]
             state["visual_encoder.pos_embed"] = resize_position_embedding(state["visual_encoder.pos_embed"], image_size // patch)
-        med, med_config, skipped, left, roles = med_from_blip_pth(state, tokenizer.ids, str(pth), config)
+        med, med_config, skipped, left, roles = med_from_blip_pth(state, tokenizer.ids, str(pth), config, adopt=adopt)
     if med_config.vocab_size < tokenizer.vocab_size:  # a larger model vocabulary is padding, fine
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, the model only {med_config.vocab_size}")
     med.to(device).eval()

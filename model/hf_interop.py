@@ -24,8 +24,6 @@ from model.config import PRESETS, MEDConfig, TokenIds, blip_regularisers
 from model.med import MED
 from model.weights_io import CheckpointError, assign_state
 
-CAPTION_ARCH = "BlipForConditionalGeneration"
-RETRIEVAL_ARCH = "BlipForImageTextRetrieval"
 
 # The fields that make an architecture; a foreign config matching a preset on all of them is
 # reported as that preset (image size and vocabulary may differ).
@@ -101,25 +99,25 @@ def _copy_tower(state: dict[str, torch.Tensor], src: str, dst: str) -> None:
 
 
 def med_from_captioning_state(
-    state: dict[str, torch.Tensor], config: MEDConfig, source: str
+    state: dict[str, torch.Tensor], config: MEDConfig, source: str, adopt: bool = False
 ) -> tuple[MED, list[str], list[str]]:
     """A BlipForConditionalGeneration state dict -> (MED untied, skipped keys, keys left at init)."""
     mapped, skipped = _rename(state, {"vision_model.": "vision.", "text_decoder.": "text_decoder."})
     _copy_tower(mapped, "text_decoder.bert.", "text_encoder.")
     med = MED.unfilled(config, tie=False)
-    left = assign_state(med, mapped, source, allow_missing=("vision_proj.", "text_proj.", "itm_head.", "temp"))
+    left = assign_state(med, mapped, source, allow_missing=("vision_proj.", "text_proj.", "itm_head.", "temp"), adopt=adopt)
     med.init_missing(left)
     return med, skipped, left
 
 
 def med_from_retrieval_state(
-    state: dict[str, torch.Tensor], config: MEDConfig, source: str
+    state: dict[str, torch.Tensor], config: MEDConfig, source: str, adopt: bool = False
 ) -> tuple[MED, list[str], list[str]]:
     """A BlipForImageTextRetrieval state dict -> (MED untied, skipped keys, keys left at init)."""
     mapped, skipped = _rename(state, {"vision_model.": "vision.", "text_encoder.": "text_encoder."})
     _copy_tower(mapped, "text_encoder.", "text_decoder.bert.")
     med = MED.unfilled(config, tie=False)
-    left = assign_state(med, mapped, source, allow_missing=("text_decoder.cls.", "temp"))
+    left = assign_state(med, mapped, source, allow_missing=("text_decoder.cls.", "temp"), adopt=adopt)
     med.init_missing(left)
     return med, skipped, left
 

@@ -126,8 +126,16 @@ def assign_state(
     source: str,
     *,
     allow_missing: tuple[str, ...] = (),
+    adopt: bool = False,
 ) -> list[str]:
     """Copy `state` into `module`, strictly.
+
+    adopt=True: a tensor of `state` with the parameter's dtype, device and layout becomes the
+    parameter's storage instead of being copied into it, which saves a pass over every weight byte
+    (~1.5 s of a BLIP-base fp32 load on a 2-core machine: first touches of fresh memory and the
+    copy). Read from safetensors, such a tensor is a private (copy-on-write) map of the file. A
+    storage already adopted by another parameter is copied, so no two parameters the module keeps
+    apart come to share memory.
 
     Every tensor group of the module must be given under at least one of its names (unless a name
     starts with a prefix in `allow_missing`: those keep their init and are returned). Where a
@@ -164,11 +172,21 @@ def assign_state(
         if problems:
             parts.append(_listing("mismatched tensors", problems))
         raise CheckpointError("; ".join(parts))
+    adopted: set[int] = set()  # storages that became a parameter's
     with torch.no_grad():
         for names in _groups(module).values():
             given = [n for n in names if n in state]
-            if given:
-                targets[names[0]].copy_(state[given[0]].to(targets[names[0]].dtype))
+            if not given:
+                continue
+            target, source = targets[names[0]], state[given[0]]
+            storage = source.untyped_storage()
+            if (adopt and source.dtype == target.dtype and source.device == target.device and source.is_contiguous()
+                    and source.storage_offset() == 0 and storage.nbytes() == source.numel() * source.element_size()
+                    and storage.data_ptr() not in adopted):
+                adopted.add(storage.data_ptr())
+                target.data = source  # the Parameter object stays: ties and shared modules keep it
+            else:
+                target.copy_(source.to(target.dtype))
     return sorted(left_at_init)
 
 

@@ -19,10 +19,11 @@ def test_help_lists_every_subcommand():
 
 
 def test_the_cli_and_the_bootstrap_driver_start_without_torch_or_transformers():
-    """Every command imports the CLI, and the bootstrap driver imports its run module, before
-    anything else; torch and transformers would add ~3 s to each on a 2-core machine. The driver
-    imports them in its hashing thread, beside Ray's start-up, and the actors in theirs."""
-    code = ("import sys, capfilt.cli, pipelines.bootstrap.run; "
+    """Every command imports the CLI, and the bootstrap driver imports its run module and hashes
+    and checks its checkpoints, before anything else; torch and transformers would add ~3 s of CPU
+    to each on a 2-core machine (in the driver: taken from the actors starting beside it). Only
+    the stage actors, which run the models, import them."""
+    code = ("import sys, capfilt.cli, pipelines.bootstrap.run, model.checkpoint_files; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

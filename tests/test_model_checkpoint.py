@@ -85,6 +85,59 @@ def test_a_load_without_the_hash_gives_the_same_model_and_no_sha(med, tok, tmp_p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _storages_apart(module: torch.nn.Module) -> bool:
+    """No two distinct tensors of the module share memory (a tensor reached under two names, a tie,
+    is one tensor)."""
+    seen: dict[int, int] = {}
+    for tensor in {id(t): t for t in module.state_dict(keep_vars=True).values()}.values():
+        if tensor.numel():
+            ptr = tensor.untyped_storage().data_ptr()
+            if seen.setdefault(ptr, id(tensor)) != id(tensor):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["capfilt", "transformers captioner", "transformers filter"])
+def test_a_load_that_adopts_the_tensors_read_gives_the_same_model(med, tok, tmp_path, kind):
+    from model.hf_interop import export_captioner, export_filter
+
+    path = {"capfilt": lambda: save_checkpoint(tmp_path / "c", med, tok),
+            "transformers captioner": lambda: export_captioner(med, tok, tmp_path / "c"),
+            "transformers filter": lambda: export_filter(med, tok, tmp_path / "c")}[kind]()
+    copied, adopted = load_checkpoint(path), load_checkpoint(path, adopt=True)
+    a, b = copied.med.state_dict(), adopted.med.state_dict()
+    assert copied.left_at_init == adopted.left_at_init  # a captioner's ITM head: drawn afresh by each load
+    read = [k for k in a if k not in copied.left_at_init]
+    assert a.keys() == b.keys() and len(read) > len(a) // 2 and all(torch.equal(a[k], b[k]) for k in read)
+    assert _storages_apart(adopted.med)  # the towers a transformers folder shares are copies apart
+    with torch.no_grad():
+        images = pixels(med.config, batch=2, seed=3)
+        assert torch.equal(copied.med.encode_image(images), adopted.med.encode_image(images))
+
+
+def test_assign_adopts_a_tensor_once_and_copies_a_storage_already_adopted():
+    from model.weights_io import assign_state
+
+    module = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 4), "b": torch.nn.Linear(4, 4)})
+    flat = torch.randn(2, 4, 4)  # two weights that are views of one storage, as in some .pth files
+    own = {name: torch.randn(4) for name in ("a.bias", "b.bias")}
+    state = {"a.weight": flat[0], "b.weight": flat[1], **own}
+    assign_state(module, state, "test", adopt=True)
+    assert module["a"].bias.data_ptr() == own["a.bias"].data_ptr()  # adopted: no copy
+    assert module["b"].bias.data_ptr() == own["b.bias"].data_ptr()
+    for name in ("a", "b"):  # a view of a larger storage is copied, so the weights stay apart
+        assert module[name].weight.data_ptr() != flat.data_ptr() and torch.equal(module[name].weight, state[f"{name}.weight"])
+    assert module["a"].weight.untyped_storage().data_ptr() != module["b"].weight.untyped_storage().data_ptr()
+    shared = torch.randn(4)
+    assign_state(module, {**state, "a.bias": shared, "b.bias": shared}, "test", adopt=True)
+    assert module["a"].bias.data_ptr() == shared.data_ptr() != module["b"].bias.data_ptr()  # one tensor, adopted once
+    assert torch.equal(module["b"].bias, shared)
+    copied = torch.nn.Linear(4, 4)
+    source = torch.randn(4)
+    assign_state(copied, {"weight": torch.randn(4, 4), "bias": source}, "test")
+    assert copied.bias.data_ptr() != source.data_ptr()  # the default copies
+
+
 def test_save_replaces_an_old_checkpoint_and_leaves_no_temp_folders(med, tok, tmp_path):
     save_checkpoint(tmp_path / "ck", med, tok, extra={"v": 1})
     save_checkpoint(tmp_path / "ck", med, tok, extra={"v": 2})

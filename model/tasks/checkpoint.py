@@ -105,25 +105,3 @@ def untie_decoder(med) -> None:
     med.tied = False
 
 
-def roles_on_disk(path: str | Path) -> tuple[str, ...] | None:
-    """What a checkpoint was trained for, read without loading its weights: a capfilt folder's
-    extra.json roles, a transformers captioning / ITM folder's head; None for a BLIP .pth, whose
-    roles only its weights tell (model/blip_pth.py)."""
-    import json
-
-    from model.checkpoint import EXTRA_FILE, detect_kind
-
-    kind = detect_kind(path)
-    if kind == "capfilt":
-        extra = Path(path) / EXTRA_FILE
-        roles = json.loads(extra.read_text()).get("roles") if extra.is_file() else None
-        return tuple(roles) if roles is not None else ("captioner", "filter")
-    return {"blip-caption": ("captioner",), "blip-itm": ("filter",)}.get(kind)
-
-
-def require_role_on_disk(path: str | Path, role: str) -> None:
-    """Refuse, before any model loads, a checkpoint not trained as `role` (captioner, filter)."""
-    roles = roles_on_disk(path)
-    if roles is not None and role not in roles:
-        raise CheckpointError(f"{path}: a checkpoint trained as {', '.join(roles) or 'nothing'} cannot be the {role}; "
-                              f"the {role} is a checkpoint whose roles (extra.json) include {role}")

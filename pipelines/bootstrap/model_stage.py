@@ -37,8 +37,9 @@ class CheckpointStage:
     def __init__(self, checkpoint_dir: Path, num_gpus_per_actor: float, precision: Precision = "fp32"):
         self.device = stage_device(num_gpus_per_actor)
         # the driver hashed the checkpoint for the manifest; here it would be ~0.7 s per BLIP-base
-        # fp32 model of every actor's start-up, for a hash nothing reads
-        ckpt = load_checkpoint(checkpoint_dir, device=self.device, hashed=False)
+        # fp32 model of every actor's start-up, for a hash nothing reads. The tensors read become
+        # the model's weights (adopt): no second copy of them in the actor.
+        ckpt = load_checkpoint(checkpoint_dir, device=self.device, hashed=False, adopt=True)
         self.dtype = inference_dtype(precision, self.device)
         self.med = cast_for_inference(ckpt.med, self.dtype)
         self.tokenizer = ckpt.tokenizer

@@ -170,8 +170,8 @@ def _record_checkpoints(layout: OutputLayout, run: dict[str, Any], hashes: dict[
 def _require_role(path: Any, role: str) -> None:
     """Refuse a checkpoint not trained as `role`: an NLVR2 or VQA model as the captioner or the
     filter is refused before the graph starts, not loaded because its shapes fit."""
-    from model.tasks.checkpoint import require_role_on_disk
-    from model.weights_io import CheckpointError
+    from model.checkpoint_error import CheckpointError
+    from model.checkpoint_files import require_role_on_disk
 
     try:
         require_role_on_disk(path, role)
@@ -180,8 +180,7 @@ def _require_role(path: Any, role: str) -> None:
 
 
 def _checkpoint_hash(path: Any) -> str:
-    # imported here, in the hashing thread: model.checkpoint brings the model code and torch
-    from model.checkpoint import checkpoint_hash
+    from model.checkpoint_files import checkpoint_hash
 
     return checkpoint_hash(path)
 

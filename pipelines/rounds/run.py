@@ -105,7 +105,7 @@ class Loop:
                 "filter": self.rel(filter_), **self._bootstrap(bs)}
 
     def eval(self, r: int) -> dict[str, Any]:
-        from model.checkpoint import checkpoint_hash
+        from model.checkpoint_files import checkpoint_hash
         from pipelines.train.evaluate import evaluate
 
         pretrained, captioner = self.dir(r, "pretrain") / "model", self.dir(r, "captioner") / "model"
@@ -129,7 +129,7 @@ class Loop:
         return self._train(settings, data_from={"human": self.s.human})
 
     def _train(self, settings, data_from: dict[str, Any]) -> dict[str, Any]:
-        from model.checkpoint import checkpoint_hash
+        from model.checkpoint_files import checkpoint_hash
         from pipelines.train.job import run_training
 
         summary = run_training(settings)
