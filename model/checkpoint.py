@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from safetensors.torch import save_file
 from transformers import BlipConfig
@@ -37,7 +37,6 @@ from model.weights_io import (
 )
 
 POS_KEY = "vision.embeddings.position_embedding"
-
 
 
 @dataclass

@@ -103,5 +103,3 @@ def untie_decoder(med) -> None:
         d.output = copy.deepcopy(e.output)
     med.text_decoder.cls.predictions.decoder.weight = dec.embeddings.word_embeddings.weight
     med.tied = False
-
-

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import ray
 
+from model.checkpoint_error import CheckpointError
+from model.checkpoint_files import checkpoint_hash, require_role_on_disk
 from model.hub import resolve_checkpoint
 from pipelines.bootstrap.commit import IO_TASK_CPUS, Committer
 from pipelines.bootstrap.graph import build_graph
@@ -88,7 +90,7 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
     # of a run that recorded them: before the graph starts).
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-hash")
     trained_as = [hashing.submit(_require_role, source.path, role) for role, source in sources.items()]
-    hashes = {role: hashing.submit(_checkpoint_hash, source.path) for role, source in sources.items()}
+    hashes = {role: hashing.submit(checkpoint_hash, source.path) for role, source in sources.items()}
     hashing.shutdown(wait=False)
     # The actors load the pinned reference (a hub name at its resolved commit), so that every
     # worker, on any node, loads the weights the driver hashed.
@@ -170,19 +172,10 @@ def _record_checkpoints(layout: OutputLayout, run: dict[str, Any], hashes: dict[
 def _require_role(path: Any, role: str) -> None:
     """Refuse a checkpoint not trained as `role`: an NLVR2 or VQA model as the captioner or the
     filter is refused before the graph starts, not loaded because its shapes fit."""
-    from model.checkpoint_error import CheckpointError
-    from model.checkpoint_files import require_role_on_disk
-
     try:
         require_role_on_disk(path, role)
     except CheckpointError as exc:
         raise BootstrapError(str(exc)) from None
-
-
-def _checkpoint_hash(path: Any) -> str:
-    from model.checkpoint_files import checkpoint_hash
-
-    return checkpoint_hash(path)
 
 
 def _output_error(exc: BaseException) -> str | None:
