@@ -75,6 +75,18 @@ def detect_kind(path: str | Path) -> Kind:
     raise CheckpointError(f"{path}: no {CONFIG_FILE} and not exactly one .pth file")
 
 
+def image_size_on_disk(path: str | Path) -> int | None:
+    """The image size a checkpoint's config states, read without loading its weights; None where
+    only the weights tell (a BLIP .pth, whose size is its position embedding's) or the config is
+    silent (load_checkpoint then says)."""
+    kind = detect_kind(path)
+    if kind == "blip-pth":
+        return None
+    config = json.loads((Path(path) / CONFIG_FILE).read_text())
+    section = config.get("config", {}) if kind == "capfilt" else config.get("vision_config", {})
+    return section.get("image_size")
+
+
 def roles_on_disk(path: str | Path) -> tuple[str, ...] | None:
     """What a checkpoint was trained for, read without loading its weights: a capfilt folder's
     extra.json roles, a transformers captioning / ITM folder's head; None for a BLIP .pth, whose

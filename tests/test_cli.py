@@ -30,6 +30,24 @@ def test_the_cli_and_the_bootstrap_driver_start_without_torch_or_transformers():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_training_driver_starts_ray_without_transformers(tmp_path):
+    """A training job's driver checks the data, reads the starting checkpoint's image size off its
+    config and names the workers' loop, and never imports the model's code: transformers' BLIP
+    modules cost ~4 s of CPU on a 2-core machine before Ray had started. (torch it does import,
+    for Ray's TorchTrainer.)"""
+    from model.checkpoint import save_checkpoint
+    from model.med import MED
+    from model_helpers import small_config, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    path = save_checkpoint(tmp_path / "init", MED(small_config(tok)), tok)
+    code = ("import sys, pipelines.train.job as job; "
+            f"print(job.image_size_of({str(path)!r}), 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(small_config(tok).image_size), "False"]
+
+
 @pytest.mark.parametrize("name", COMMAND_MODULES)
 def test_each_command_module_registers(name):
     import importlib

@@ -115,6 +115,25 @@ def test_a_load_that_adopts_the_tensors_read_gives_the_same_model(med, tok, tmp_
         assert torch.equal(copied.med.encode_image(images), adopted.med.encode_image(images))
 
 
+@pytest.mark.parametrize("kind", ["capfilt", "transformers captioner", "transformers filter", "BLIP .pth"])
+def test_the_image_size_read_off_the_config_is_the_loaded_models(med, tok, tmp_path, kind):
+    from model.checkpoint_files import image_size_on_disk
+    from model.hf_interop import export_captioner, export_filter
+
+    if kind == "BLIP .pth":  # carries no config: its size is its position embedding's, so not read off disk
+        (tmp_path / "c").mkdir()
+        torch.save({}, tmp_path / "c" / "model_base.pth")
+        assert image_size_on_disk(tmp_path / "c") is None
+        return
+    save = {"capfilt": lambda m, path: save_checkpoint(path, m, tok),
+            "transformers captioner": lambda m, path: export_captioner(m, tok, path),
+            "transformers filter": lambda m, path: export_filter(m, tok, path)}[kind]
+    for size in (med.config.image_size, med.config.image_size * 2):
+        resized = load_checkpoint(save_checkpoint(tmp_path / f"s{size}", med, tok), image_size=size).med
+        path = save(resized, tmp_path / f"c{size}")
+        assert image_size_on_disk(path) == load_checkpoint(path).config.image_size == size
+
+
 def test_assign_adopts_a_tensor_once_and_copies_a_storage_already_adopted():
     from model.weights_io import assign_state
 

@@ -15,10 +15,11 @@ folder holds:
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from model.atomic_write import replacing_folder
 from pipelines.ray_session import start_or_join_ray
@@ -70,8 +71,6 @@ def prepare_init(settings: TrainSettings, captions: list[str]) -> Path | str:
 
 def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = None):
     """Everything up to `trainer.fit()`: data checked and counted, starting model ready."""
-    from pipelines.train.loop import train_loop_per_worker
-
     sources = resolve_sources(settings.data)  # DataError on a bad path, before Ray starts
     ensure_ray(settings)
     pairs = pair_dataset(sources)
@@ -83,9 +82,7 @@ def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = Non
                    f"(batch_size {settings.batch_size} x num_workers {settings.num_workers} = {per_step})")
     settings.output.mkdir(parents=True, exist_ok=True)
     init = prepare_init(settings, captions)
-    from model.checkpoint import load_checkpoint
-
-    image_size = settings.image_size or load_checkpoint(init).config.image_size
+    image_size = settings.image_size or image_size_of(init)
     per_epoch = steps_per_epoch_of(num_pairs, settings.batch_size, settings.num_workers)
     total = per_epoch * settings.epochs
     if settings.max_steps:
@@ -96,19 +93,42 @@ def build_trainer(settings: TrainSettings, *, fault: dict[str, Any] | None = Non
     config = {"settings": settings_json, "output": str(settings.output.resolve()),
               "init": init if isinstance(init, str) else str(init.absolute()),  # a pinned hub name as it is
               "total_steps": total, "steps_per_epoch": per_epoch, "num_pairs": num_pairs, "fault": fault}
-    return make_trainer(settings, train_loop_per_worker, config, decoded_dataset(pairs, image_size))
+    return make_trainer(settings, "pipelines.train.loop:train_loop_per_worker", config, decoded_dataset(pairs, image_size))
 
 
-def make_trainer(settings: JobSettings | TaskJobSettings, loop: Callable[[dict[str, Any]], None],
-                 config: dict[str, Any], dataset) -> Any:
-    """The TorchTrainer of a training job (this module's and pipelines/train/tasks/job.py's): its
-    run folder is OUTPUT/ray, so that a job started again on OUTPUT resumes from its checkpoints."""
+def image_size_of(init: Path | str) -> int:
+    """The starting checkpoint's image size: from its config where that states it, else (a BLIP
+    .pth) from its loaded weights."""
+    from model.checkpoint_files import image_size_on_disk
+    from model.hub import resolve_checkpoint
+
+    size = image_size_on_disk(resolve_checkpoint(init).path)
+    if size is not None:
+        return size
+    from model.checkpoint import load_checkpoint
+
+    return load_checkpoint(init).config.image_size
+
+
+def run_named_loop(config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs: the loop that config["loop"] names ("module:function"),
+    imported there. The driver passes the name, not the function, so that it never imports the
+    model's code (transformers' BLIP modules and torch._dynamo, ~4 s of CPU on a 2-core machine,
+    before Ray had started); the workers import it anyway to train."""
+    module, name = config["loop"].split(":")
+    getattr(importlib.import_module(module), name)(config)
+
+
+def make_trainer(settings: JobSettings | TaskJobSettings, loop: str, config: dict[str, Any], dataset) -> Any:
+    """The TorchTrainer of a training job (this module's and pipelines/train/tasks/job.py's), whose
+    workers run `loop` ("module:function", run_named_loop): its run folder is OUTPUT/ray, so that a
+    job started again on OUTPUT resumes from its checkpoints."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
-        loop,
-        train_loop_config=config,
+        run_named_loop,
+        train_loop_config={**config, "loop": loop},
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
             resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {})},

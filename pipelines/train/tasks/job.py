@@ -30,8 +30,6 @@ def training_examples(settings: TaskFinetuneSettings) -> list[dict[str, Any]]:
 def run_task_training(settings: TaskFinetuneSettings) -> dict[str, Any]:
     import ray.data
 
-    from pipelines.train.tasks.loop import task_loop_per_worker
-
     examples = training_examples(settings)
     load_for(settings.init, f"finetune:{settings.task}")  # a checkpoint of the wrong kind stops here
     per_step = settings.batch_size * settings.num_workers
@@ -49,7 +47,7 @@ def run_task_training(settings: TaskFinetuneSettings) -> dict[str, Any]:
     dataset = ray.data.from_items([{"example": json.dumps(e)} for e in examples])
     config = {"settings": settings_json, "output": str(settings.output.resolve()), "init": str(settings.init),
               "total_steps": total, "steps_per_epoch": per_epoch}
-    result = make_trainer(settings, task_loop_per_worker, config, dataset).fit()
+    result = make_trainer(settings, "pipelines.train.tasks.loop:task_loop_per_worker", config, dataset).fit()
     final = keep_final_model(result, settings.output)  # a task checkpoint names its roles itself
     done = [r for r in read_metrics(settings.output) if r.get("event") == "done"]
     return {"output": str(settings.output), "model": str(final), "task": settings.task,
