@@ -151,6 +151,10 @@ def run_bootstrap(settings: BootstrapSettings, verbose: bool = True, stages: dic
                               {role: source.record() for role, source in sources.items()})
     if manifest["output_rows"] != input_rows:
         raise BootstrapError(f"{input_rows} rows in, {manifest['output_rows']} out")
+    # Every shard is committed, so a part still under _work/parts is a copy of one already
+    # assembled: a task's first attempt, on a node that died, can land its part after Ray ran the
+    # task again elsewhere and the shard was assembled and its parts removed.
+    layout.clear_uncommitted()
     write_manifest(layout, manifest)
     if verbose:
         print(summary_table(manifest))
